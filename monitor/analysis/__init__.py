@@ -1,0 +1,1 @@
+"""Article analysis: the encoder, language, normalisation, classification and rule matching."""

