@@ -58,7 +58,7 @@ async def serve(latency: float) -> None:
             versions[i] += 1
         etag = f'"{i}-{versions[i]}"'
         if headers.get("if-none-match") == etag:
-            return f"HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nContent-Length: 0\r\n\r\n".encode()
+            return f"HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n".encode()
         key = (i, versions[i])
         if key not in cache:
             plain = rss(i, versions[i])

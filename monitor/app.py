@@ -71,8 +71,8 @@ class Runtime:
 
     async def open(self, stack: AsyncExitStack) -> None:
         """Open state, health, HTTP, parser pool, model, channels: in that order."""
-        self.health = HealthServer(self.settings.health_listen) if self.settings.health_listen \
-            else None
+        self.health = HealthServer.from_settings(
+            self.settings, required=("store", "model", "scheduler"))
         if self.health:
             self.health.start()
             stack.callback(self.health.stop)

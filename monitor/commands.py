@@ -46,11 +46,14 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def alerts_dir(args: argparse.Namespace) -> Path:
-    """--alerts, else alerts/ beside the config directory, else ./alerts."""
+    """--alerts, else <config>/alerts, else alerts/ beside the config directory, else ./alerts."""
     if getattr(args, "alerts", None):
         return Path(args.alerts)
-    beside = Path(args.config).resolve().parent / "alerts"
-    return beside if beside.is_dir() else Path("alerts")
+    config = Path(args.config).resolve()
+    for candidate in (config / "alerts", config.parent / "alerts"):
+        if candidate.is_dir():
+            return candidate
+    return Path("alerts")
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -162,6 +162,7 @@ class HealthServer:
         """Record the state of one readiness check (thread-safe; call from anywhere)."""
         with self._lock:
             self._states[name] = CheckResult(ready, mask_text(detail))
+            self._checks.pop(name, None)  # the latest word on a name wins, pushed or pulled
 
     def set_check(self, name: str, fn: Check) -> None:
         """Register a check evaluated on every /readyz; coroutines run on the app's loop."""
@@ -182,7 +183,7 @@ class HealthServer:
         return dict(sorted(results.items()))
 
     def is_ready(self) -> bool:
-        """True when every readiness check passes."""
+        """True when every readiness check passes (not from the loop if checks are async)."""
         return all(r.ok for r in self.evaluate().values())
 
     def _run_check(self, fn: Check) -> CheckResult:

@@ -306,13 +306,16 @@ def _quantise(model: Any) -> Any:
         # torch 2.13 deprecates eager quantisation in favour of torchao, which we do not ship
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        quantize: Any = torch.ao.quantization.quantize_dynamic
+        return quantize(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def open_encoder(path: Path, *, variant: str = "fp32", name: str | None = None) -> Encoder:
     """Load a prepared model directory (local files only) as an Encoder."""
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging
+
+    hf_logging: Any = logging
 
     hf_logging.disable_progress_bar()  # a progress bar per load is noise in daemon logs
     try:

@@ -22,6 +22,8 @@ log = structlog.get_logger(__name__)
 # Extra CPU seconds a worker may use per call beyond the timeout before the kernel kills it:
 # the backstop for a worker the parent could not kill.
 _CPU_SLACK = 5
+# A fresh worker imports feedparser, nh3 and pydantic: allow for a slow, busy machine.
+_STARTUP_TIMEOUT = 60.0
 
 
 def _limit_memory(memory_limit_mb: int) -> None:
@@ -39,6 +41,10 @@ def _limit_cpu(seconds: float) -> None:
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _noop() -> None:
+    """Nothing: submitted by warm_up to wait for a worker to come up."""
 
 
 def _parse_in_worker(content: bytes, cpu_budget: float,
@@ -76,12 +82,20 @@ class ParserPool:
             initargs=(self._memory_limit_mb,),
         )
 
-    def _restart(self, broken: ProcessPoolExecutor) -> None:
-        """Kill the workers of ``broken`` and start afresh (once, however many calls saw it)."""
+    async def _restart(self, broken: ProcessPoolExecutor) -> None:
+        """Start a fresh pool and kill the workers of ``broken`` (once, however many calls saw it)."""
         if self._executor is not broken:
             return
-        _kill(broken)
         self._executor = self._start()
+        await asyncio.to_thread(_kill, broken)  # joining processes blocks: keep it off the loop
+
+    async def warm_up(self) -> None:
+        """Wait until a worker has started, so the first parse's timeout is not spent importing."""
+        if self._executor is None:
+            raise RuntimeError("ParserPool is closed")
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.run_in_executor(self._executor, _noop),
+                               max(self._timeout, _STARTUP_TIMEOUT))
 
     async def parse(self, content: bytes, **kwargs: Any) -> list[Article]:
         """parse_feed(content, **kwargs) in a worker; ParseError on bad input, crash or timeout."""
@@ -96,12 +110,12 @@ class ParserPool:
         try:
             ok, payload = await asyncio.wait_for(future, self._timeout)
         except TimeoutError as exc:
-            self._restart(executor)
+            await self._restart(executor)
             log.warning("parse_timeout", feed=feed, timeout=self._timeout, size=len(content))
             raise ParseError(feed, f"parsing took longer than {self._timeout:g}s and was "
                              "stopped; the feed may be huge or hostile") from exc
         except BrokenProcessPool as exc:
-            self._restart(executor)
+            await self._restart(executor)
             log.warning("parse_worker_died", feed=feed, size=len(content),
                         elapsed=round(time.monotonic() - started, 2))
             raise ParseError(feed, "the parser process died (out of memory or CPU time?); "

