@@ -83,6 +83,7 @@ class Runtime:
         self.fetcher = await stack.enter_async_context(Fetcher(self.settings, clock=self.clock))
         self.parser = ParserPool()
         stack.callback(self.parser.close)
+        await self.parser.warm_up()
         log.info("model_loading", model=self.settings.model, variant=self.settings.model_variant)
         encoder = await asyncio.to_thread(load_encoder, self.settings)
         stack.callback(encoder.close)

@@ -1,4 +1,4 @@
-"""Language of a headline: "en", "ar" or "other", robust for short titles and Arabic-script languages."""
+"""Language of a headline: "en", "ar" or "other", robust for short titles and Arabic script."""
 
 from __future__ import annotations
 
@@ -16,18 +16,24 @@ _ARABIC_SCRIPT_LANGS = {"ar", "fa", "ur", "ps", "ku", "ckb", "sd", "ug", "prs"}
 _WORD = re.compile(r"[^\W\d_]+")
 _DIACRITICS = re.compile(r"[\u064b-\u065f\u0670\u0640]")  # harakat, dagger alef, tatweel
 
+
+def _vocab(*chunks: str) -> frozenset[str]:
+    """A word set from space-separated chunks (one chunk per source line)."""
+    return frozenset(" ".join(chunks).split())
+
+
 # --- Arabic script: Arabic versus Persian and Urdu ---------------------------------------
-_AR_WORDS = frozenset(
-    "في من على إلى الى عن أن ان إن التي الذي الذين مع بعد قبل بين حول خلال ضد منذ عند لدى "
-    "هذا هذه ذلك تلك كان كانت قد لم لن لا أو ثم حتى عبر دون إثر أمام وفي ومن وعلى يوم "
-    "بعدما أمس اليوم غدا وسط جراء بسبب نحو لدعم إلا أي كل".split()
+_AR_WORDS = _vocab(
+    "في من على إلى الى عن أن ان إن التي الذي الذين مع بعد قبل بين حول خلال ضد منذ عند "
+    "لدى هذا هذه ذلك تلك كان كانت قد لم لن لا أو ثم حتى عبر دون إثر أمام وفي ومن وعلى "
+    "يوم بعدما أمس اليوم غدا وسط جراء بسبب نحو لدعم إلا أي كل"
 )
-_OTHER_WORDS = frozenset(
+_OTHER_WORDS = _vocab(
     # Persian
-    "است این آن که را از به در با برای شد شده کرد کند می نمی های ها خود بر یک تا هم نیز "
-    "گفت اند بود ای اعلام کرده شود باید "
+    "است این آن که را از به در با برای شد شده کرد کند می نمی های ها خود بر یک تا هم نیز",
+    "گفت اند بود ای اعلام کرده شود باید",
     # Urdu
-    "کے کی کا میں ہے ہیں نے سے کو پر اور یہ وہ بھی لیے گیا تھا تھی گئی ایک کہ".split()
+    "کے کی کا میں ہے ہیں نے سے کو پر اور یہ وہ بھی لیے گیا تھا تھی گئی ایک کہ",
 )
 _AR_PREFIX2 = frozenset({"ال", "لل"})  # the definite article, alone or after li-
 _AR_PREFIX3 = frozenset({"وال", "بال", "فال", "كال"})
@@ -38,19 +44,21 @@ _GULF_LETTERS = frozenset("یک")  # Persian yeh and kaf
 _GULF = str.maketrans("یک", "يك")
 
 # --- Latin script: English versus the rest ------------------------------------------------
-_EN_WORDS = frozenset(
-    "the of and to in on for with at by from as is are was were after over says said amid "
-    "into its it be has have will not than against about up out more who what how why this "
-    "that an new his her their they he she we our two three been would could may after".split()
+_EN_WORDS = _vocab(
+    "the of and to in on for with at by from as is are was were after over says said "
+    "amid into its it be has have will not than against about up out more who what how "
+    "why this that an new his her their they he she we our two three been would could "
+    "may after"
 )
 # English-only spellings of everyday news words: short headlines often have no function word.
-_EN_NEWS = frozenset(
-    "minister president government army police attack attacks killed kills strike strikes "
-    "talks deal vote village residents report reports border troops forces rebels protest "
-    "protests warns urges calls leader officials security near outside survives rocks fuel "
-    "settlers weapons truce ceasefire fighting shelling wounded dozens hundreds thousands "
-    "dead death toll soldiers court jailed arrested released meets hits hit heavy week night "
-    "while during between without flee fled seize seized hostage hostages aid".split()
+_EN_NEWS = _vocab(
+    "minister president government army police attack attacks killed kills strike "
+    "strikes talks deal vote village residents report reports border troops forces "
+    "rebels protest protests warns urges calls leader officials security near outside "
+    "survives rocks fuel settlers weapons truce ceasefire fighting shelling wounded "
+    "dozens hundreds thousands dead death toll soldiers court jailed arrested released "
+    "meets hits hit heavy week night while during between without flee fled seize "
+    "seized hostage hostages aid"
 )
 _LATIN_WORDS = {
     "fr": "le la les des du et un une est pour dans sur au aux par avec pas ne qui ce cette "
@@ -64,7 +72,7 @@ _LATIN_WORDS = {
     "tr": "ve bir bu ile için olarak sonra karşı yeni ilk çok daha",
     "nl": "het een van en niet met voor op zijn naar bij",
 }
-_OTHER_LATIN = {lang: frozenset(words.split()) for lang, words in _LATIN_WORDS.items()}
+_OTHER_LATIN = {lang: _vocab(words) for lang, words in _LATIN_WORDS.items()}
 _FOREIGN_MARKS = {**dict.fromkeys("ıİğşŞ¿¡ñß", 1.0), **dict.fromkeys("éèêàçäöüáíóúãõâ", 0.4)}
 _LATIN_LANGS = frozenset({"en", *_LATIN_WORDS, "id", "ms", "sw", "pl", "ro", "sv", "da", "no"})
 
@@ -116,7 +124,8 @@ def _arabic_evidence(text: str) -> tuple[float, float]:
     # Some Gulf sites type Persian yeh/kaf in Arabic words: match function words without them.
     arabic = 2.0 * sum(w.translate(_GULF) in _AR_WORDS for w in words)
     other = 2.0 * sum(w in _OTHER_WORDS for w in words)
-    arabic += sum(1.0 for w in words if len(w) > 3 and (w[:2] in _AR_PREFIX2 or w[:3] in _AR_PREFIX3))
+    arabic += sum(1.0 for w in words
+                  if len(w) > 3 and (w[:2] in _AR_PREFIX2 or w[:3] in _AR_PREFIX3))
     other += sum(1.0 for w in words if len(w) > 3 and (w.startswith("می") or w.endswith("های")))
     for ch in text:
         if ch in _URDU_LETTERS:
@@ -171,7 +180,7 @@ def _latin_script(text: str, hint: str | None) -> str:
 
 
 def detect_language(text: str, *, hint: str | None = None) -> str:
-    """ "en", "ar" or "other" for a headline or short text; ``hint`` is the feed's language."""
+    """Return "en", "ar" or "other" for a headline or short text; ``hint``: the feed's language."""
     text = unicodedata.normalize("NFKC", text)
     script = _script(text)
     if script == "arabic":

@@ -95,7 +95,7 @@ def cap_items(text: str, max_items: int) -> str:
 def prepare(content: bytes, content_type: str | None, max_items: int) -> tuple[str, str]:
     """(safe UTF-8 document text, detected encoding) ready for feedparser."""
     decoded = decode_feed(content, content_type)
-    text = _XML_ILLEGAL.sub("", decoded.text.replace("\r\n", "\n"))
+    text = _XML_ILLEGAL.sub("", decoded.text.replace("\r\n", "\n").replace("\r", "\n"))
     text = neutralise_dtd(text)
     text = cap_items(text, max_items)
     return declare_utf8(text), decoded.encoding

@@ -83,7 +83,7 @@ class ParserPool:
         )
 
     async def _restart(self, broken: ProcessPoolExecutor) -> None:
-        """Start a fresh pool and kill the workers of ``broken`` (once, however many calls saw it)."""
+        """Start a fresh pool, kill the workers of ``broken`` (once, however many calls saw it)."""
         if self._executor is not broken:
             return
         self._executor = self._start()

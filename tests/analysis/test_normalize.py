@@ -34,7 +34,9 @@ NORMALISATION = [
 ]
 
 
-@pytest.mark.parametrize(("label", "text", "expected"), NORMALISATION, ids=[c[0] for c in NORMALISATION])
+@pytest.mark.parametrize(
+    ("label", "text", "expected"), NORMALISATION, ids=[c[0] for c in NORMALISATION]
+)
 def test_normalize_table(label: str, text: str, expected: str) -> None:
     """normalize() unifies each listed Arabic/Unicode variant to one matching form."""
     assert normalize(text) == expected, label
@@ -49,7 +51,12 @@ def test_normalize_is_idempotent() -> None:
 def test_tokens_split_on_punctuation_and_hyphens() -> None:
     """Tokens are words: hyphens, apostrophes and Arabic punctuation separate them."""
     assert tokens("Iran-backed; Israel’s «غزة»، والعراق؟") == [
-        "iran", "backed", "israel", "s", "غزه", "والعراق",
+        "iran",
+        "backed",
+        "israel",
+        "s",
+        "غزه",
+        "والعراق",
     ]
 
 

@@ -171,8 +171,12 @@ async def test_connection_refused_is_retryable(renderer: Renderer) -> None:
 
 async def test_server_that_never_greets_times_out(renderer: Renderer) -> None:
     """A server that accepts but never says 220 costs at most the configured timeout."""
+    finished = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        await reader.read()  # say nothing; wait for the client to give up and hang up
+        writer.close()
+        finished.set()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -184,6 +188,8 @@ async def test_server_that_never_greets_times_out(renderer: Renderer) -> None:
     finally:
         server.close()
     assert time.monotonic() - started < 2.0
+    await asyncio.wait_for(finished.wait(), 2)
+    await server.wait_closed()
 
 
 async def test_slow_data_hits_overall_timeout(smtp_plain: SMTPStandIn, renderer: Renderer) -> None:
