@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 CLASSIFIED_LANGS = ("en", "ar")
+DEFAULT_WATCHLIST = "middle-east"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class Judge:
         self.classifier = classifier
         self.matcher = matcher
         self.config = config
+        names = [w.name for w in config.watchlists]
+        # `escalation` in the classify contract means: the shipped default watch-list fires.
+        self.default_watchlist = DEFAULT_WATCHLIST if DEFAULT_WATCHLIST in names else (
+            names[0] if names else "")
 
     def judge(self, articles: Sequence[Article]) -> list[Judgement]:
         """Score, match and explain every article, in order."""
@@ -63,7 +68,7 @@ class Judge:
                 continue
             hits = tuple(self.matcher.evaluate(texts[i], s.score, s.signals, threshold))
             keywords = tuple(dict.fromkeys(k for h in hits for k in h.keywords))
-            default = self.config.default_watchlist
+            default = self.default_watchlist
             verdict = Verdict(
                 article_id=art.id, lang=langs[i], score=min(1.0, max(0.0, s.score)),
                 escalation=any(h.watchlist == default for h in hits),
@@ -123,7 +128,7 @@ class Analyzer:
                 article=art, watchlist=hit.watchlist, score=hit.score, signals=hit.signals,
                 regions=hit.regions, keywords=hit.keywords, embedding=jd.embedding,
                 weights=weights, corroboration=wl.corroboration,
-                cooldown=wl.cooldown_seconds,
+                cooldown=float(wl.cooldown),
             )
             alert = await self._stories.consider(firing)
             if alert is None:

@@ -185,7 +185,7 @@ async def run_daemon(rt: Runtime) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, rt.stop.set)
     schedule = PollSchedule(rt.poll_key)
-    schedule.sync((f.url, float(f.interval_seconds)) for f in rt.config.feeds)
+    schedule.sync((f.url, float(f.interval)) for f in rt.config.feeds)
     schedule.start()
     rt._ready("scheduler", True)
     notify.notify_ready()
@@ -217,7 +217,7 @@ async def _watch_config(rt: Runtime, schedule: PollSchedule) -> None:
     paths = [p for p in (rt.config_dir, rt.alerts_dir) if p.exists()]
     async for _changes in awatch(*paths, stop_event=rt.stop, debounce=400, step=100):
         if rt.reload():
-            schedule.sync((f.url, float(f.interval_seconds)) for f in rt.config.feeds)
+            schedule.sync((f.url, float(f.interval)) for f in rt.config.feeds)
 
 
 async def main(settings: Settings, config_dir: Path, alerts_dir: Path, *, once: bool,

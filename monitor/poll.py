@@ -54,7 +54,7 @@ class Poller:
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollOutcome:
         """Poll one feed unless another replica holds its lease or it is backing off."""
-        lease_ttl = max(1.0, feed.interval_seconds * 0.9)
+        lease_ttl = max(1.0, feed.interval * 0.9)
         if not force and not await self._store.acquire_lease(
             f"poll:{feed.url}", self._owner, lease_ttl
         ):
@@ -97,7 +97,7 @@ class Poller:
         self, feed: FeedConfig, state: FeedState, result: FetchResult, new: int
     ) -> None:
         now = self._clock.now()
-        state, _ = next_poll_after(state, None, feed.interval_seconds, now)
+        state, _ = next_poll_after(state, None, feed.interval, now)
         update: dict[str, object] = {
             "etag": result.etag or state.etag,
             "last_modified": result.last_modified or state.last_modified,
@@ -113,7 +113,7 @@ class Poller:
 
     async def _failed(self, feed: FeedConfig, state: FeedState, exc: FeedError) -> PollOutcome:
         now = self._clock.now()
-        state, when = next_poll_after(state, exc, feed.interval_seconds, now)
+        state, when = next_poll_after(state, exc, feed.interval, now)
         state = state.model_copy(update={
             "last_error": exc.reason[:500], "last_polled": now,
             "last_status": type(exc).__name__,

@@ -187,14 +187,14 @@ class Fetcher:
 
     async def __aenter__(self) -> Fetcher:
         s = self._settings
-        limits = httpx.Limits(
-            max_connections=s.max_concurrent_fetches,
-            max_keepalive_connections=s.max_concurrent_fetches,
+        per_origin = httpx.Limits(
+            max_connections=s.per_host_concurrency,
+            max_keepalive_connections=s.per_host_concurrency,
         )
         transport = GuardedTransport(
             allow_private=s.allow_private_networks,
             ssl_context=self._ssl_context or httpx.create_ssl_context(verify=True),
-            limits=limits,
+            limits=per_origin, idle_after=max(300.0, 2 * s.fetch_timeout),
         )
         step = min(s.fetch_timeout, 15.0)
         self._client = await self._stack.enter_async_context(httpx.AsyncClient(
