@@ -2,8 +2,9 @@
 
 Usage: python bench/poll.py [--feeds 2000] [--latency-ms 100] [--concurrency 64] [--sample 200]
 
-A raw asyncio HTTP server runs in a subprocess (so it does not share our GIL) and serves
-/feed/<i>.xml: an RSS feed of 20 English/Arabic items, gzip when asked, with an ETag. One feed
+A raw asyncio HTTP server runs in a subprocess (so it does not share our GIL) on --origins
+ports (standing in for distinct sites) and serves /feed/<i>.xml: an RSS feed of 20
+English/Arabic items, gzip when asked, with an ETag. One feed
 in ten changes on every request; the rest answer 304 to a matching If-None-Match. Each
 response waits --latency-ms first, standing in for the round trip and server time of a real
 feed host (0 gives the pure-CPU figure). The Fetcher polls every feed twice (first poll: 200s,
@@ -47,8 +48,8 @@ def rss(i: int, version: int) -> bytes:
     ).encode()
 
 
-async def serve(latency: float) -> None:
-    """The feed server (subprocess): prints its port, then serves until killed."""
+async def serve(latency: float, origins: int) -> None:
+    """The feed server (subprocess): prints its ports, then serves until killed."""
     cache: dict[tuple[int, int], tuple[bytes, bytes]] = {}
     versions: Counter[int] = Counter()
 
@@ -89,9 +90,10 @@ async def serve(latency: float) -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await server.serve_forever()
+    servers = [await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+               for _ in range(origins)]
+    print(*(srv.sockets[0].getsockname()[1] for srv in servers), flush=True)
+    await asyncio.gather(*(srv.serve_forever() for srv in servers))
 
 
 @dataclass
@@ -170,8 +172,8 @@ async def bench(args: argparse.Namespace, urls: list[str]) -> tuple[Round, Round
     from monitor.feeds.fetch import Fetcher
     from monitor.settings import Settings
 
-    # Every bench feed lives on one loopback host, so the per-host limit (default 4, polite
-    # for real sites) is raised to the global limit; the guard is off because it is loopback.
+    # The origins are ports of one loopback host, so the per-host limit (default 4, polite for
+    # real sites) is raised to the global limit; the guard is off because it is loopback.
     settings = Settings(allow_private_networks=True, per_host_concurrency=args.concurrency,
                         max_concurrent_fetches=args.concurrency)
     parse = None if args.no_parse else load_parser()
@@ -190,20 +192,24 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=100.0)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--sample", type=int, default=200)
+    ap.add_argument("--origins", type=int, default=32,
+                    help="listening ports, standing in for distinct feed sites")
     ap.add_argument("--no-parse", action="store_true", help="fetch only, skip the parser")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.latency_ms / 1000))
+        asyncio.run(serve(args.latency_ms / 1000, args.origins))
         return
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--latency-ms",
-                               str(args.latency_ms)], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, __file__, "--serve", "--latency-ms", str(args.latency_ms),
+               "--origins", str(args.origins)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
-        port = int(server.stdout.readline())
-        urls = [f"http://127.0.0.1:{port}/feed/{i}.xml" for i in range(args.feeds)]
-        print(f"{args.feeds} feeds, server latency {args.latency_ms:g} ms, "
-              f"concurrency {args.concurrency}")
+        ports = [int(p) for p in server.stdout.readline().split()]
+        urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/feed/{i}.xml"
+                for i in range(args.feeds)]
+        print(f"{args.feeds} feeds on {len(ports)} origins, server latency "
+              f"{args.latency_ms:g} ms, concurrency {args.concurrency}")
         first, second = asyncio.run(bench(args, urls))
         report("fetcher poll 1 (cold)", args.feeds, first)
         report("fetcher poll 2 (conditional)", args.feeds, second)

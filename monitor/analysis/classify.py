@@ -63,7 +63,11 @@ MAX_LENGTH = 128
 
 
 class SignalSpec(Protocol):
-    """What the classifier needs of a configured signal (monitor.config.SignalDef fits)."""
+    """What the classifier needs of a configured signal (monitor.config.SignalDef fits).
+
+    ``description`` and ``examples`` are per language: a mapping lang -> text(s), or an
+    object with one attribute per language (``.en``, ``.ar``).
+    """
 
     @property
     def name(self) -> str: ...
@@ -72,9 +76,25 @@ class SignalSpec(Protocol):
     @property
     def weight(self) -> float: ...
     @property
-    def description(self) -> Mapping[str, str]: ...
+    def description(self) -> object: ...
     @property
-    def examples(self) -> Mapping[str, Sequence[str]]: ...
+    def examples(self) -> object: ...
+
+
+def _per_language(value: object) -> dict[str, object]:
+    """Mapping or per-language model (pydantic) -> plain dict lang -> value."""
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    return {k: v for k, v in vars(value).items() if not k.startswith("_")}
+
+
+def signal_texts(signal: SignalSpec) -> list[str]:
+    """Every example sentence and description of a signal, all languages."""
+    texts: list[str] = []
+    for items in _per_language(signal.examples).values():
+        texts += [items] if isinstance(items, str) else [str(t) for t in items]  # type: ignore[attr-defined]
+    texts += [str(t) for t in _per_language(signal.description).values() if t]
+    return [t for t in texts if t.strip()]
 
 
 class Embedder(Protocol):
@@ -83,6 +103,7 @@ class Embedder(Protocol):
     def embed(
         self,
         texts: Sequence[str],
+        *,
         batch_size: int = 32,
         prefix: str = "query: ",
         max_length: int = 128,
@@ -204,13 +225,22 @@ class Classifier:
         log.info("classifier_ready", signals=len(self._signals), head=head is not None)
 
     @property
+    def encoder(self) -> Embedder:
+        """The encoder (reused when the config reloads)."""
+        return self._encoder
+
+    @property
+    def head(self) -> Head | None:
+        """The trained head, if any."""
+        return self._head
+
+    @property
     def threshold(self) -> float:
         """The decision threshold for 'escalation' (the head's, else 0.5)."""
         return self._head.threshold if self._head else 0.5
 
     def _embed_signal(self, signal: SignalSpec) -> Array:
-        texts = [t for lang_texts in signal.examples.values() for t in lang_texts]
-        texts += [t for t in signal.description.values() if t]
+        texts = signal_texts(signal)
         if not texts:
             raise ModelError(
                 f"signal {signal.name!r} has no examples or description to score against"

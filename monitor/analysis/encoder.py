@@ -298,16 +298,27 @@ class Encoder:
 
 
 def _quantise(model: Any) -> Any:
-    """Dynamic int8 quantisation of every Linear layer (weights int8, activations per batch)."""
-    engines = torch.backends.quantized.supported_engines
-    if "fbgemm" in engines:
+    """Dynamic int8 for every Linear except the FFN output projections, in place.
+
+    The FFN down-projection sees GELU outputs with outlier channels; quantising it alone
+    costs ~0.015 of cosine to fp32 (0.980 -> 0.995 when it stays fp32) for a third of the
+    matmul work, so it is kept in float.
+    """
+    if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    spec = {name: qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not _is_ffn_output(name)}
     with warnings.catch_warnings():
         # torch 2.13 deprecates eager quantisation in favour of torchao, which we do not ship
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         quantize: Any = torch.ao.quantization.quantize_dynamic
-        return quantize(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize(model, spec, dtype=torch.qint8, inplace=True)
+
+
+def _is_ffn_output(name: str) -> bool:
+    return name.endswith(".output.dense") and ".attention." not in name
 
 
 def open_encoder(path: Path, *, variant: str = "fp32", name: str | None = None) -> Encoder:

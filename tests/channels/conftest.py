@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr
 
 from monitor.models import Delivery, DeliveryStatus
@@ -73,7 +73,7 @@ class Recorder:
         self.data_replies: list[str] = []
         self.data_delay = 0.0
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: SMTPServer, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
@@ -85,7 +85,7 @@ class Recorder:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(
         self, server: SMTPServer, session: Session, envelope: Envelope
     ) -> str:
         self.data_calls += 1

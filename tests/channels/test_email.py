@@ -43,7 +43,7 @@ async def test_arabic_alert_arrives_intact(smtp_plain: SMTPStandIn, renderer: Re
     raw_subject = received.content.split(b"\r\n\r\n")[0].split(b"Subject:")[1].split(b"\r\n")[0]
     assert raw_subject.isascii() and b"=?utf-8?" in raw_subject.lower()  # RFC 2047 on the wire
     msg = parse(received.content)
-    subject, text, html = renderer.render_email(alert)
+    subject, text, _html = renderer.render_email(alert)
     assert msg["Subject"] == subject and alert.title in subject
     assert msg.get_content_type() == "multipart/alternative"
     text_part = msg.get_body(("plain",))
