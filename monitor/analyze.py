@@ -133,7 +133,7 @@ class Analyzer:
             alert = await self._stories.consider(firing)
             if alert is None:
                 continue
-            channels = judge.config.channels_for(wl)
+            channels = [c.name for c in judge.config.channels_for(wl)]
             deliveries = self._dispatcher.enqueue(alert, channels)
             added = await self._store.outbox_put(deliveries)
             self.alerts_queued += added

@@ -298,12 +298,16 @@ _SAMPLE_TITLE_AR = (
 
 
 def founding_article(base: Path | None = None) -> str:
-    """The founding article: seeds/founding-article.txt, else ../shared/seeds/ (same name)."""
-    root = base or Path.cwd()
-    for path in (root / "seeds" / "founding-article.txt",
-                 root.parent / "shared" / "seeds" / "founding-article.txt"):
-        if path.is_file():
-            return path.read_text(encoding="utf-8").strip()
+    """The founding article: seeds/founding-article.txt, else ../shared/seeds/ (same name).
+
+    Looked up from the working directory, then from the project holding this package.
+    """
+    roots = [base] if base else [Path.cwd(), Path(__file__).resolve().parents[1]]
+    for root in roots:
+        for path in (root / "seeds" / "founding-article.txt",
+                     root.parent / "shared" / "seeds" / "founding-article.txt"):
+            if path.is_file():
+                return path.read_text(encoding="utf-8").strip()
     return _SAMPLE_TITLE + "."
 
 

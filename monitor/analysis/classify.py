@@ -8,7 +8,7 @@ a signal added to the YAML gets scores without retraining.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -92,7 +92,10 @@ def signal_texts(signal: SignalSpec) -> list[str]:
     """Every example sentence and description of a signal, all languages."""
     texts: list[str] = []
     for items in _per_language(signal.examples).values():
-        texts += [items] if isinstance(items, str) else [str(t) for t in items]  # type: ignore[attr-defined]
+        if isinstance(items, str):
+            texts.append(items)
+        elif isinstance(items, Iterable):
+            texts += [str(t) for t in items]
     texts += [str(t) for t in _per_language(signal.description).values() if t]
     return [t for t in texts if t.strip()]
 

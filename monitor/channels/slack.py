@@ -61,7 +61,8 @@ class _RedactSecrets(logging.Filter):
 
 
 _REDACT = _RedactSecrets()
-for _name in ("httpx", "httpcore"):
+# Filters do not propagate to child loggers, so name each one that could see a request.
+for _name in ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2"):
     logging.getLogger(_name).addFilter(_REDACT)
 
 
@@ -96,7 +97,7 @@ class SlackChannel:
             raise RetryableDeliveryError(
                 self.name, f"webhook {self.masked_url} did not answer within {self._timeout:g} s"
             ) from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}")
             # httpx messages can quote the URL; chain only when the secret is not in it.
             cause = None if self._url in str(exc) else exc
