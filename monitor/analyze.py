@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -155,9 +156,7 @@ class Analyzer:
                 log.exception("analysis_failed", error=str(exc))
                 n = 0
             if n == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), idle)
-                except TimeoutError:
-                    pass
 
 

@@ -28,7 +28,7 @@ from monitor.errors import ConfigError, MonitorError
 from monitor.feeds.fetch import Fetcher
 from monitor.feeds.worker import ParserPool
 from monitor.health import HealthServer
-from monitor.poll import PollOutcome, Poller
+from monitor.poll import Poller, PollOutcome
 from monitor.render import Renderer
 from monitor.schedule import PollSchedule
 from monitor.settings import Settings
@@ -40,7 +40,7 @@ log = structlog.get_logger(__name__)
 
 
 def replica_name(settings: Settings) -> str:
-    """This process's name among replicas: the setting, else host-pid."""
+    """The name of this process among replicas: the setting, else host-pid."""
     return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -103,7 +103,8 @@ class Runtime:
 
     def judge(self) -> Judge:
         """The current judge (replaced atomically on config reload)."""
-        assert self._judge is not None
+        if self._judge is None:
+            raise RuntimeError("Runtime.judge() called before open()")
         return self._judge
 
     def _ready(self, check: str, ok: bool) -> None:

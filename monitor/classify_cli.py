@@ -139,12 +139,13 @@ def evaluate_lines(judge: Judge, stream: TextIO, out: TextIO, *, misses: int = 2
     results = [(r, v) for r, v in judge_rows(judge, rows) if v is not None]
     pairs = [(v.lang, r.label or 0, v.escalation) for r, v in results]
     out.write(f"{'lang':6} {'n':>5} {'precision':>9} {'recall':>7} {'F1':>6}\n")
-    for key, n, p, r, f in f1_table(pairs):
-        out.write(f"{key:6} {n:5d} {p:9.3f} {r:7.3f} {f:6.3f}\n")
+    for key, n, prec, rec, f1 in f1_table(pairs):
+        out.write(f"{key:6} {n:5d} {prec:9.3f} {rec:7.3f} {f1:6.3f}\n")
     wrong = [(r, v) for r, v in results if bool(r.label) != v.escalation]
     out.write(f"\n{len(wrong)} misses" + (f" (first {misses}):\n" if wrong else "\n"))
     for r, v in wrong[:misses]:
         kind = "missed" if r.label else "false alarm"
-        assert r.article is not None
-        out.write(f"  {kind:11} {v.lang} {v.score:.2f} {r.article.id}: {r.article.title[:100]}\n")
+        art = r.article
+        if art is not None:
+            out.write(f"  {kind:11} {v.lang} {v.score:.2f} {art.id}: {art.title[:100]}\n")
     return 0

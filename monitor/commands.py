@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,7 +27,8 @@ def dispatch(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
+    quiet = args.command in ("demo", "classify", "eval") and "SPILLOVER_LOG_LEVEL" not in os.environ
+    configure_logging(settings.log_format, "WARNING" if quiet else settings.log_level)
     name = args.command.replace("-", "_")
     sub = getattr(args, f"{name}_command", None)
     handler: Callable[[argparse.Namespace, Settings], int] = COMMANDS[
@@ -57,7 +57,7 @@ def alerts_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """spillover run [--once]."""
+    """Spillover run [--once]."""
     from monitor import app
 
     return asyncio.run(app.main(settings, args.config, alerts_dir(args), once=args.once))
@@ -106,7 +106,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    assert config is not None
+    if config is None:  # unreachable: load_config raised or returned
+        return 1
     print(f"ok: {len(config.feeds)} feeds, {len(config.watchlists)} watch-lists, "
           f"{len(config.signals)} signals, {len(config.regions)} regions, "
           f"channels enabled: {', '.join(c.name for c in config.enabled_channels()) or 'none'}")
@@ -174,7 +175,7 @@ def _judge(settings: Settings, config_dir: Path):  # type: ignore[no-untyped-def
     return Judge(classifier, Matcher(config), config)
 
 
-class _open_input:  # noqa: N801 - used as a context manager like open()
+class _open_input:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.stream: TextIO | None = None

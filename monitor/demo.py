@@ -1,4 +1,4 @@
-"""The offline demo: serve seeds/feeds on loopback, build a config from config/ + seeds/feeds.yaml."""
+"""The offline demo: serve seeds/feeds on loopback; config/ with seeds/feeds.yaml as its feeds."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Keep the demo's output to what Spillover prints."""
 
 
@@ -50,5 +50,6 @@ def print_ingested(rt: Runtime) -> None:
     print(f"\n== {len(rows)} articles ingested ==")
     for article, verdict in rows:
         flag = "ALERT" if verdict.watchlists else "     "
-        print(f"{flag} {verdict.lang:5} {article.feed:20} {verdict.score:0.2f}  {article.title[:90]}")
+        print(f"{flag} {verdict.lang:5} {article.feed:20} {verdict.score:0.2f}  "
+              f"{article.title[:90]}")
     print(f"== {rt.analyzer.alerts_queued} alert deliveries queued ==")

@@ -1,4 +1,4 @@
-"""Named crash points for crash-safety tests: SPILLOVER_CRASH_AT=<name> makes the process die there."""
+"""Named crash points for crash-safety tests: SPILLOVER_CRASH_AT=<name> dies there."""
 
 from __future__ import annotations
 

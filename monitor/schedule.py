@@ -15,7 +15,7 @@ PollFn = Callable[[str], Awaitable[object]]
 
 
 class PollSchedule:
-    """One job per feed at its interval, with jitter; one run per feed at a time; misfires coalesced."""
+    """One job per feed at its interval with jitter; one run per feed at a time; coalesced."""
 
     def __init__(self, poll: PollFn, *, jitter_fraction: float = 0.1) -> None:
         self._poll = poll

@@ -62,7 +62,7 @@ class LoopbackHTTPServer:
                 if self.command != "HEAD":
                     self.wfile.write(reply.body)
 
-            do_GET = do_POST = do_HEAD = _serve  # noqa: N815
+            do_GET = do_POST = do_HEAD = _serve
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
         self._server.daemon_threads = True

@@ -250,15 +250,30 @@ class Classifier:
             )
         return self._encoder.embed(texts, prefix=PREFIX, max_length=MAX_LENGTH)
 
-    def signal_matrix(self, embeddings: Array) -> Array:
-        """Per-signal 0..1 scores (n, signals): the calibrated mean of the two best matches."""
-        centre = self._head.signal_centre if self._head else 0.86
-        width = self._head.signal_width if self._head else 0.02
+    @property
+    def signals(self) -> list[SignalSpec]:
+        """The configured signals, in config order (columns of signal_matrix)."""
+        return list(self._signals)
+
+    def signal_similarity(self, embeddings: Array) -> Array:
+        """Raw cosine per signal (n, signals): mean of the two closest examples."""
         cols = []
         for protos in self._prototypes:
             sims = np.sort(embeddings @ protos.T, axis=1)[:, -2:]
             cols.append(sims.mean(axis=1))
-        raw = np.stack(cols, axis=1) if cols else np.zeros((len(embeddings), 0), np.float32)
+        if not cols:
+            return np.zeros((len(embeddings), 0), np.float32)
+        return np.asarray(np.stack(cols, axis=1), dtype=np.float32)
+
+    def signal_matrix(self, embeddings: Array) -> Array:
+        """Per-signal 0..1 scores (n, signals): similarity through one shared calibration.
+
+        The calibration is fitted on labelled signals but shared by all of them, so a
+        signal added to the YAML is scored on the same scale without retraining.
+        """
+        centre = self._head.signal_centre if self._head else 0.86
+        width = self._head.signal_width if self._head else 0.02
+        raw = self.signal_similarity(embeddings)
         return _sigmoid(np.asarray((raw - centre) / width, dtype=np.float32))
 
     def score(self, texts: Sequence[str], langs: Sequence[str]) -> list[Scored]:
