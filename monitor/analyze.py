@@ -13,7 +13,7 @@ import structlog
 
 from monitor import metrics
 from monitor.faults import crash_point
-from monitor.models import Article, Verdict
+from monitor.models import Alert, Article, Verdict
 from monitor.stories import Firing, StoryBook
 
 if TYPE_CHECKING:
@@ -107,22 +107,31 @@ class Analyzer:
         judgements = await asyncio.to_thread(judge.judge, articles)
         metrics.CLASSIFY_SECONDS.observe(time.perf_counter() - started)
         crash_point("after_classify")
+        # The newest version of each story in this batch: three outlets reporting one story
+        # in the same poll give one alert listing three sources, not three messages.
+        latest: dict[str, tuple[Alert, list[str]]] = {}
         for art, jd in zip(articles, judgements, strict=True):
             if self.record:
                 self.judged.append((art, jd.verdict))
-            await self._alert(judge, art, jd)
+            for alert, channels in await self._alerts(judge, jd, art):
+                latest[alert.id] = (alert, channels)
+        for alert, channels in latest.values():
+            await self._queue(alert, channels)
         crash_point("before_ack")
         await self._store.ack_articles([eid for eid, _ in entries])
         self.articles_done += len(entries)
         return len(entries)
 
-    async def _alert(self, judge: Judge, art: Article, jd: Judgement) -> None:
+    async def _alerts(
+        self, judge: Judge, jd: Judgement, art: Article
+    ) -> list[tuple[Alert, list[str]]]:
         for sig in jd.verdict.signals[:1]:
             metrics.VERDICTS.labels(signal=sig.name).inc()
         log.info("article_judged", feed=art.feed, lang=jd.verdict.lang,
                  score=round(jd.verdict.score, 3), title=art.title[:120],
                  watchlists=list(jd.verdict.watchlists))
         weights = {s.name: s.weight for s in judge.config.signals}
+        out = []
         for hit in jd.hits:
             wl = judge.config.watchlist(hit.watchlist)
             firing = Firing(
@@ -132,14 +141,16 @@ class Analyzer:
                 cooldown=float(wl.cooldown),
             )
             alert = await self._stories.consider(firing)
-            if alert is None:
-                continue
-            channels = [c.name for c in judge.config.channels_for(wl)]
-            deliveries = self._dispatcher.enqueue(alert, channels)
-            added = await self._store.outbox_put(deliveries)
-            self.alerts_queued += added
-            log.info("alert_queued", alert=alert.id, version=alert.version,
-                     severity=alert.severity.value, channels=channels, deliveries=added)
+            if alert is not None:
+                out.append((alert, [c.name for c in judge.config.channels_for(wl)]))
+        return out
+
+    async def _queue(self, alert: Alert, channels: list[str]) -> None:
+        deliveries = self._dispatcher.enqueue(alert, channels)
+        added = await self._store.outbox_put(deliveries)
+        self.alerts_queued += added
+        log.info("alert_queued", alert=alert.id, version=alert.version, sources=len(alert.sources),
+                 severity=alert.severity.value, channels=channels, deliveries=added)
 
     async def drain(self, deadline: float) -> None:
         """Process until the queue is empty or the monotonic deadline passes."""

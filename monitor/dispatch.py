@@ -12,9 +12,11 @@ from typing import Protocol
 
 import structlog
 
+from monitor import metrics
 from monitor.channels.base import Channel
 from monitor.clock import Clock
 from monitor.errors import DeliveryError, MonitorError, PermanentDeliveryError
+from monitor.faults import crash_point
 from monitor.models import Alert, Delivery
 from monitor.state.base import Store
 
@@ -126,13 +128,17 @@ class Dispatcher:
             try:
                 await channel.send(delivery.alert, delivery.recipient, idempotency_key=delivery.id)
             except PermanentDeliveryError as exc:
+                metrics.record_alert(delivery.channel, "dead")
                 return await self._dead(delivery, exc.reason)
             except DeliveryError as exc:
+                metrics.record_alert(delivery.channel, "retry")
                 return await self._retry(delivery, exc.reason, exc.retry_after)
             except Exception as exc:  # a bug in a channel must not stop the other deliveries
                 log.exception("delivery_crashed", channel=delivery.channel, alert=delivery.alert.id)
                 return await self._retry(delivery, f"unexpected {type(exc).__name__}", None)
+        crash_point("after_send")
         await self.store.outbox_done(delivery.id)
+        metrics.record_alert(delivery.channel, "sent")
         log.info("delivered", channel=delivery.channel, recipient=delivery.recipient,
                  alert=delivery.alert.id, version=delivery.alert.version,
                  attempt=delivery.attempts + 1)
@@ -161,7 +167,7 @@ class Dispatcher:
         log.error("delivery_dead", channel=delivery.channel, recipient=delivery.recipient,
                   alert=delivery.alert.id, version=delivery.alert.version,
                   attempts=delivery.attempts + 1, reason=reason,
-                  hint="fix the cause, then `spillover outbox requeue` it")
+                  hint="fix the cause, then `spillover outbox retry ID`")
         return "dead"
 
     async def _next_wait(self) -> float | None:
