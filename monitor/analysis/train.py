@@ -9,10 +9,12 @@ language on cross-validated logits and prints CV precision/recall/F1 per languag
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,3 +310,108 @@ def format_report(report: Report, misses: int = 20) -> str:
         kind = "missed" if m["label"] else "false alarm"
         lines.append(f"  {kind:11} {m['lang']} {m['score']:.2f} {m['id']}: {m['title'][:90]}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- signal calibration
+
+
+def fit_signal_scale(similarity: Array, names: Sequence[str], rows: Sequence[Mapping[str, Any]],
+                     ) -> tuple[float, float]:
+    """One (centre, width) for every signal: matched positives high, negatives low.
+
+    Matched = a positive's similarity to its own labelled signal; unmatched = a negative's
+    best similarity to any signal. Centre is the midpoint of their medians; width puts the
+    matched median at ~0.88.
+    """
+    col = {n: i for i, n in enumerate(names)}
+    matched = [similarity[i, col[r["signal"]]] for i, r in enumerate(rows)
+               if r.get("label") == 1 and r.get("signal") in col]
+    unmatched = [similarity[i].max() for i, r in enumerate(rows) if r.get("label") == 0]
+    if not matched or not unmatched:
+        return 0.86, 0.02
+    hi, lo = float(np.median(matched)), float(np.median(unmatched))
+    return (hi + lo) / 2, max((hi - lo) / 4, 0.005)
+
+
+def load_signals(path: Path) -> list[Any]:
+    """config/signals.yaml validated by the product's own model."""
+    import yaml
+
+    from monitor.config import SignalsFile
+
+    return list(SignalsFile.model_validate(yaml.safe_load(path.read_text("utf-8"))).signals)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _split_own(rows: list[dict[str, Any]], emb: Array) -> tuple[Dataset, Dataset]:
+    train = [i for i, r in enumerate(rows) if r.get("split") != "test"]
+    test = [i for i, r in enumerate(rows) if r.get("split") == "test"]
+    return (make_dataset([rows[i] for i in train], emb[train]),
+            make_dataset([rows[i] for i in test], emb[test]))
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m monitor.analysis.train", description=__doc__)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
+                        help="folder with realdev.jsonl and pool.jsonl (outside the repo)")
+    parser.add_argument("--out", type=Path, default=REPO / "monitor" / "data" / "head.npz")
+    parser.add_argument("--signals", type=Path, default=REPO / "config" / "signals.yaml")
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "train",
+                        help="embedding cache (rebuilt when texts or encoder change)")
+    parser.add_argument("--variant", choices=["fp32", "int8"], default="fp32")
+    parser.add_argument("--no-pool", action="store_true", help="skip pseudo-labelling the pool")
+    parser.add_argument("--seed", type=int, default=Recipe.seed)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Rebuild the head; print CV and held-out figures."""
+    from monitor.analysis.classify import Classifier
+    from monitor.analysis.encoder import load_encoder
+    from monitor.settings import load_settings
+
+    args = _parse(argv)
+    recipe = Recipe(seed=args.seed)
+    encoder = load_encoder(load_settings(), variant=args.variant)
+    cache = EmbeddingCache(encoder, args.cache, args.variant)
+    dev_rows = read_jsonl(args.data / "realdev.jsonl")
+    dev = make_dataset(dev_rows, cache.embed("realdev", [row_text(r) for r in dev_rows]))
+    own_rows = read_jsonl(OWN_DATA)
+    own, own_test = _split_own(own_rows, cache.embed("own", [row_text(r) for r in own_rows]))
+    pool = None
+    if not args.no_pool:
+        pool_rows = select_pool(read_jsonl(args.data / "pool.jsonl"), recipe.seed)
+        pool = make_dataset(pool_rows, cache.embed("pool", [row_text(r) for r in pool_rows]))
+
+    logits = cross_validate(dev, own, pool, recipe)
+    calibration = calibrate(logits, dev.y, dev.langs)
+    cv_p = _calibrated(calibration, logits, dev.langs)
+    threshold = choose_threshold(cv_p, dev.y, dev.langs)
+    print("cross-validated on realdev (5 folds, lang x label):")
+    print(format_report(evaluate(dev_rows, cv_p.tolist(), threshold), misses=0))
+
+    final = fit_student(dev, own, pool, recipe)
+    signals = load_signals(args.signals)
+    classifier = Classifier(encoder, signals, None)
+    centre, width = fit_signal_scale(classifier.signal_similarity(dev.x[:, :-4]),
+                                     [s.name for s in signals], dev_rows)
+    head = Head(final.mean, final.scale, final.w1, final.b1, final.w2, final.b2,
+                calibration, threshold, centre, width)
+    head.save(args.out)
+    test_p = head.probability(own_test.x, list(own_test.langs))
+    print(f"\nheld-out own examples ({OWN_DATA.name}, split=test, not trained on):")
+    print(format_report(evaluate(own_test.rows, test_p.tolist(), threshold), misses=10))
+    print(f"\nwrote {args.out} (threshold {threshold:.2f}, signal scale {centre:.3f}/{width:.3f})")
+    return 0
+
+
+def _calibrated(calibration: Mapping[str, tuple[float, float]], logits: Array,
+                langs: npt.NDArray[np.str_]) -> Array:
+    ab = np.array([calibration.get(str(lang), calibration["all"]) for lang in langs])
+    return np.asarray(1 / (1 + np.exp(-(ab[:, 0] * logits + ab[:, 1]))), dtype=np.float32)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
