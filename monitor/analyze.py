@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from monitor import metrics
+from monitor.dispatch import Timing, digest_tag
 from monitor.faults import crash_point
 from monitor.models import Alert, Article, Verdict
 from monitor.stories import Firing, StoryBook
@@ -36,6 +37,15 @@ class Judgement:
     verdict: Verdict
     hits: tuple[WatchlistHit, ...]
     embedding: Sequence[float]
+
+
+@dataclass(frozen=True)
+class Queued:
+    """An alert version to deliver, with its watch-list's channels and timing."""
+
+    alert: Alert
+    channels: list[str]
+    timing: Timing
 
 
 class Judge:
@@ -109,14 +119,14 @@ class Analyzer:
         crash_point("after_classify")
         # The newest version of each story in this batch: three outlets reporting one story
         # in the same poll give one alert listing three sources, not three messages.
-        latest: dict[str, tuple[Alert, list[str]]] = {}
+        latest: dict[str, Queued] = {}
         for art, jd in zip(articles, judgements, strict=True):
             if self.record:
                 self.judged.append((art, jd.verdict))
-            for alert, channels in await self._alerts(judge, jd, art):
-                latest[alert.id] = (alert, channels)
-        for alert, channels in latest.values():
-            await self._queue(alert, channels)
+            for queued in await self._alerts(judge, jd, art):
+                latest[queued.alert.id] = queued
+        for queued in latest.values():
+            await self._queue(queued)
         crash_point("before_ack")
         await self._store.ack_articles([eid for eid, _ in entries])
         self.articles_done += len(entries)
@@ -124,7 +134,7 @@ class Analyzer:
 
     async def _alerts(
         self, judge: Judge, jd: Judgement, art: Article
-    ) -> list[tuple[Alert, list[str]]]:
+    ) -> list[Queued]:
         for sig in jd.verdict.signals[:1]:
             metrics.VERDICTS.labels(signal=sig.name).inc()
         log.info("article_judged", feed=art.feed, lang=jd.verdict.lang,
@@ -142,15 +152,20 @@ class Analyzer:
             )
             alert = await self._stories.consider(firing)
             if alert is not None:
-                out.append((alert, [c.name for c in judge.config.channels_for(wl)]))
+                out.append(Queued(alert, [c.name for c in judge.config.channels_for(wl)],
+                                  Timing.of(wl)))
         return out
 
-    async def _queue(self, alert: Alert, channels: list[str]) -> None:
-        deliveries = self._dispatcher.enqueue(alert, channels)
+    async def _queue(self, queued: Queued) -> None:
+        alert = queued.alert
+        deliveries = self._dispatcher.enqueue(alert, queued.channels, queued.timing)
         added = await self._store.outbox_put(deliveries)
         self.alerts_queued += added
+        send_at = min((d.next_at for d in deliveries), default=None)
         log.info("alert_queued", alert=alert.id, version=alert.version, sources=len(alert.sources),
-                 severity=alert.severity.value, channels=channels, deliveries=added)
+                 severity=alert.severity.value, channels=queued.channels, deliveries=added,
+                 send_at=send_at.isoformat() if send_at else None,
+                 digest=any(digest_tag(d.id) for d in deliveries))
 
     async def drain(self, deadline: float) -> None:
         """Process until the queue is empty or the monotonic deadline passes."""

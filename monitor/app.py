@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from monitor import notify
+from monitor import metrics, notify
 from monitor.analysis.classify import Classifier, Head, default_head_path
 from monitor.analysis.encoder import load_encoder
 from monitor.analysis.match import Matcher
@@ -28,15 +29,19 @@ from monitor.errors import ConfigError, MonitorError
 from monitor.feeds.fetch import Fetcher
 from monitor.feeds.worker import ParserPool
 from monitor.health import HealthServer
+from monitor.models import Alert, Severity
 from monitor.poll import Poller, PollOutcome
 from monitor.render import Renderer
-from monitor.schedule import PollSchedule
+from monitor.schedule import PollSchedule, sleep_until_stopped
 from monitor.settings import Settings
 from monitor.state import open_store
 from monitor.state.base import Store
 from monitor.stories import StoryBook
 
 log = structlog.get_logger(__name__)
+
+HOUSEKEEPING_SECONDS = 5.0  # outbox gauges, dead-letter notices; watchdog pings at least this often
+NOTICE_MEMORY = 7 * 24 * 3600.0  # a dead letter is told to the operator once a week at most
 
 
 def replica_name(settings: Settings) -> str:
@@ -68,6 +73,7 @@ class Runtime:
         self.tally = Tally()
         self.stop = asyncio.Event()
         self._judge: Judge | None = None
+        self.reload_problem = ""
 
     async def open(self, stack: AsyncExitStack) -> None:
         """Open state, health, HTTP, parser pool, model, channels: in that order."""
@@ -100,6 +106,11 @@ class Runtime:
                                  self.dispatcher, self.owner)
         log.info("ready", replica=self.owner, feeds=len(self.config.feeds),
                  channels=sorted(self.channels), state=_state_kind(self.settings))
+        operator = self.settings.operator_channel
+        if operator and operator not in self.channels:
+            log.warning("operator_channel_unknown", channel=operator,
+                        enabled=sorted(self.channels),
+                        hint="set SPILLOVER_OPERATOR_CHANNEL to an enabled channel's name")
 
     def judge(self) -> Judge:
         """The current judge (replaced atomically on config reload)."""
@@ -110,6 +121,7 @@ class Runtime:
     def _ready(self, check: str, ok: bool) -> None:
         if self.health:
             self.health.set_ready(check, ok)
+            metrics.set_ready(self.health.is_ready())
 
     async def poll_key(self, key: str, *, force: bool = False) -> PollOutcome | None:
         """Poll the feed whose URL is ``key``; never raises (one bad feed stops nothing)."""
@@ -129,34 +141,67 @@ class Runtime:
         return outcome
 
     def reload(self) -> bool:
-        """Validate config/ and alerts/ as a whole and swap them in atomically."""
-        from monitor import metrics
+        """Validate config/ and alerts/ as a whole and swap them in atomically.
 
+        On failure the previous configuration stays and ``reload_problem`` says why.
+        """
         try:
             config = load_config(self.config_dir)
             renderer = Renderer(self.alerts_dir)
         except ConfigError as exc:
-            metrics.RELOADS.labels(result="failed").inc()
+            metrics.record_reload("failed")
             for problem in exc.problems:
-                log.error("config_invalid", problem=str(problem),
-                          hint="the previous configuration stays in force")
+                log.error("config_invalid", file=problem.file, location=problem.location,
+                          problem=problem.message, hint=problem.hint,
+                          kept="the previous configuration stays in force")
+            self.reload_problem = f"configuration not reloaded, the previous one runs on:\n{exc}"
             return False
         old = self.config
         if _drops_most(len(old.feeds), len(config.feeds)) or _drops_most(
                 len(old.watchlists), len(config.watchlists)):
-            metrics.RELOADS.labels(result="refused").inc()
+            metrics.record_reload("refused")
             log.warning("config_reload_refused", feeds=(len(old.feeds), len(config.feeds)),
                         watchlists=(len(old.watchlists), len(config.watchlists)),
                         hint="a reload may not drop most feeds or watch-lists at once; "
                              "restart to apply such a change")
+            self.reload_problem = (
+                f"configuration reload refused: feeds {len(old.feeds)} -> {len(config.feeds)}, "
+                f"watch-lists {len(old.watchlists)} -> {len(config.watchlists)}; "
+                "restart to apply a change that drops most of them")
             return False
         self.config, self.renderer = config, renderer
         self._judge = Judge(
             Classifier(self.classifier.encoder, config.signals, self.classifier.head),
             Matcher(config), config)
-        metrics.RELOADS.labels(result="ok").inc()
+        metrics.record_reload("ok")
+        self.reload_problem = ""
         log.info("config_reloaded", feeds=len(config.feeds), watchlists=len(config.watchlists))
         return True
+
+    async def tell_operator(self, title: str, text: str) -> None:
+        """Send a plain notice to SPILLOVER_OPERATOR_CHANNEL, if set; never raises."""
+        name = self.settings.operator_channel
+        channel = self.channels.get(name) if name else None
+        if channel is None:
+            return
+        notice = operator_notice(title, text, self.clock)
+        for recipient in channel.recipients():
+            try:
+                await channel.send(notice, recipient, idempotency_key=f"{notice.id}:{recipient}")
+            except MonitorError as exc:
+                log.warning("operator_notice_failed", channel=name, error=str(exc))
+            else:
+                log.info("operator_notified", channel=name, title=title)
+
+
+def operator_notice(title: str, text: str, clock: Clock) -> Alert:
+    """A plain notice for the operator's channel, rendered like an informational alert."""
+    now = clock.now()
+    digest = hashlib.sha256(f"{title}\0{text}\0{now.isoformat()}".encode()).hexdigest()
+    return Alert(id=f"notice-{digest[:16]}", watchlist="spillover-operator",
+                 severity=Severity.INFO, title=f"Spillover: {title}", summary=text[:2000],
+                 reason="operator notice from Spillover itself, not a news alert",
+                 created=now)
 
 
 def _drops_most(before: int, after: int) -> bool:
@@ -194,6 +239,7 @@ async def run_daemon(rt: Runtime) -> int:
         asyncio.create_task(rt.analyzer.run_forever(rt.stop), name="analyzer"),
         asyncio.create_task(rt.dispatcher.run_forever(rt.stop), name="dispatcher"),
         asyncio.create_task(_watch_config(rt, schedule), name="reload"),
+        asyncio.create_task(_housekeeping(rt), name="housekeeping"),
     ]
     await rt.stop.wait()
     notify.notify_stopping()
@@ -219,6 +265,45 @@ async def _watch_config(rt: Runtime, schedule: PollSchedule) -> None:
     async for _changes in awatch(*paths, stop_event=rt.stop, debounce=400, step=100):
         if rt.reload():
             schedule.sync((f.url, float(f.interval)) for f in rt.config.feeds)
+        else:
+            await rt.tell_operator("configuration problem", rt.reload_problem)
+
+
+async def _housekeeping(rt: Runtime) -> None:
+    """Watchdog pings, outbox and feed gauges, dead-letter notices, every few seconds."""
+    watchdog = notify.watchdog_interval()
+    every = min(HOUSEKEEPING_SECONDS, watchdog) if watchdog else HOUSEKEEPING_SECONDS
+    while True:
+        if watchdog:
+            notify.notify_watchdog()
+        try:
+            await _publish_figures(rt)
+        except MonitorError as exc:  # the store is down: the loops report it; keep pinging
+            log.warning("housekeeping_failed", error=str(exc))
+        if await sleep_until_stopped(rt.stop, every):
+            return
+
+
+async def _publish_figures(rt: Runtime) -> None:
+    """Read the outbox and feed states from the store into the Prometheus gauges."""
+    now = rt.clock.now()
+    pending = await rt.store.outbox_list("pending")
+    dead = await rt.store.outbox_list("dead")
+    oldest = min((d.alert.created for d in pending), default=now)
+    metrics.set_outbox(len(pending), (now - oldest).total_seconds(), len(dead))
+    urls = {f.url for f in rt.config.feeds}
+    gone = sum(1 for s in await rt.store.all_feed_states() if s.url in urls and not s.active)
+    metrics.set_feeds(len(urls) - gone, gone)
+    if rt.settings.operator_channel:
+        for d in dead:
+            # Shared marker: of several replicas, one tells the operator, once.
+            if await rt.store.try_cooldown(f"notice:dead:{d.id}", NOTICE_MEMORY):
+                await rt.tell_operator(
+                    "alert dead-lettered",
+                    f"delivery {d.id} ({d.channel}:{d.recipient or '-'}) of alert "
+                    f"{d.alert.id} v{d.alert.version} \"{d.alert.title}\" gave up after "
+                    f"{d.attempts} attempt(s): {d.last_error}\n"
+                    f"fix the cause, then `spillover outbox retry {d.id}`")
 
 
 async def main(settings: Settings, config_dir: Path, alerts_dir: Path, *, once: bool,

@@ -1,14 +1,24 @@
-"""The outbox dispatcher: sends due deliveries, retries with backoff, dead-letters the hopeless."""
+"""The outbox dispatcher: sends due deliveries, retries with backoff, dead-letters the hopeless.
+
+When to send is decided at enqueue time by the watch-list's ``Timing``: critical alerts go
+at once; other alerts produced in quiet hours wait for the end of the quiet period; info
+alerts of a watch-list with a digest wait for the end of the digest period and carry a
+digest tag in their ``Delivery.id``. At send time every due pending delivery with the same
+tag, channel and recipient goes out as ONE combined message. The outbox itself is the
+durable digest (it survives restarts), and a lease per tag keeps replicas from sending a
+digest twice, so the Store protocol needs nothing new.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Protocol
+from datetime import UTC, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -17,20 +27,33 @@ from monitor.channels.base import Channel
 from monitor.clock import Clock
 from monitor.errors import DeliveryError, MonitorError, PermanentDeliveryError
 from monitor.faults import crash_point
-from monitor.models import Alert, Delivery
+from monitor.models import Alert, Delivery, Severity, SignalScore
 from monitor.state.base import Store
 
+if TYPE_CHECKING:
+    from monitor.config import QuietHours, Watchlist
+
 log = structlog.get_logger(__name__)
+
+DIGEST_MARK = "#digest@"
+DIGEST_LEASE = 120.0  # seconds one replica may take to send one digest
+DAILY_DIGEST_AT = time(8, 0)
+DIGEST_LINES = 50  # stories listed in a digest's summary; every source is still listed
 
 
 @dataclass
 class DispatchSummary:
-    """What one pass (or a drain) did; ``pending`` is what is left to send."""
+    """What one pass (or a drain) did; ``pending`` is what is left to send.
+
+    ``deferred`` counts deliveries held back on purpose (quiet hours, digests): a drain
+    does not wait for them; they are sent when due by this or a later run.
+    """
 
     delivered: int = 0
     retried: int = 0
     dead: int = 0
     pending: int = 0
+    deferred: int = 0
 
     @property
     def attempted(self) -> int:
@@ -43,6 +66,7 @@ class DispatchSummary:
         self.retried += other.retried
         self.dead += other.dead
         self.pending = other.pending
+        self.deferred = other.deferred
 
 
 class _Named(Protocol):
@@ -50,14 +74,122 @@ class _Named(Protocol):
     def name(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class Timing:
+    """A watch-list's delivery timing: quiet hours and the period of its info digest."""
+
+    quiet_hours: QuietHours | None = None
+    digest: str = "none"
+
+    @classmethod
+    def of(cls, watchlist: Watchlist) -> Timing:
+        """The timing a watch-list asks for."""
+        return cls(watchlist.quiet_hours, watchlist.digest)
+
+    @property
+    def zone(self) -> tzinfo:
+        """The watch-list's time zone: the quiet hours' zone, else UTC."""
+        return self.quiet_hours.zone if self.quiet_hours else UTC
+
+    def plan(self, severity: Severity, now: datetime) -> tuple[datetime, bool]:
+        """When to send an alert of ``severity`` produced at ``now``, and whether in a digest."""
+        if severity is Severity.CRITICAL:
+            return now, False
+        digest = severity is Severity.INFO and self.digest != "none"
+        at = digest_due(self.digest, self.zone, now) if digest else now
+        return quiet_end(self.quiet_hours, at) or at, digest
+
+
+def _clock_time(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+def _next_local(local: datetime, at: time) -> datetime:
+    """The first moment after ``local`` whose wall-clock time (in its zone) is ``at``, in UTC."""
+    candidate = datetime.combine(local.date(), at, tzinfo=local.tzinfo)
+    if candidate <= local:  # same tzinfo: compares wall-clock times, as wanted
+        candidate = datetime.combine(local.date() + timedelta(days=1), at, tzinfo=local.tzinfo)
+    return candidate.astimezone(UTC)
+
+
+def quiet_end(quiet: QuietHours | None, at: datetime) -> datetime | None:
+    """The end of the quiet period ``at`` falls in (UTC), or None outside quiet hours.
+
+    A window whose start is after its end crosses midnight (22:00-06:00); start == end is
+    an empty window.
+    """
+    if quiet is None:
+        return None
+    start, end = _clock_time(quiet.start), _clock_time(quiet.end)
+    local = at.astimezone(quiet.zone)
+    now = local.time()
+    inside = start <= now < end if start <= end else (now >= start or now < end)
+    return _next_local(local, end) if inside else None
+
+
+def digest_due(period: str, zone: tzinfo, now: datetime) -> datetime:
+    """The end of the digest period ``now`` is in: the next full hour, or the next 08:00."""
+    local = now.astimezone(zone)
+    if period == "daily":
+        return _next_local(local, DAILY_DIGEST_AT)
+    top = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    return top + timedelta(hours=1)
+
+
+def digest_tag(delivery_id: str) -> str | None:
+    """The digest period a delivery belongs to (its send time), or None if sent on its own."""
+    _, mark, tag = delivery_id.rpartition(DIGEST_MARK)
+    return tag if mark else None
+
+
+def _digest_group(delivery: Delivery) -> tuple[str, str, str] | None:
+    tag = digest_tag(delivery.id)
+    return None if tag is None else (tag, delivery.channel, delivery.recipient)
+
+
+def combine(deliveries: Sequence[Delivery], now: datetime) -> Alert:
+    """One info Alert listing every story (newest version of each) and every source."""
+    newest: dict[str, Alert] = {}
+    for d in sorted(deliveries, key=lambda d: (d.alert.created, d.alert.version)):
+        newest[d.alert.id] = d.alert
+    alerts = list(newest.values())
+    best: dict[str, SignalScore] = {}
+    for sig in (s for a in alerts for s in a.signals):
+        if sig.name not in best or sig.score > best[sig.name].score:
+            best[sig.name] = sig
+    ids = "\n".join(sorted(d.id for d in deliveries))
+    count = len(alerts)
+    lines = [f"- {a.title} ({len(a.sources)} source{'s' * (len(a.sources) != 1)}, "
+             f"score {a.score:.2f})" for a in alerts[:DIGEST_LINES]]
+    if count > DIGEST_LINES:
+        lines.append(f"... and {count - DIGEST_LINES} more")
+    return Alert(
+        id="digest-" + hashlib.sha256(ids.encode()).hexdigest()[:16], version=1,
+        watchlist=", ".join(dict.fromkeys(a.watchlist for a in alerts)),
+        severity=Severity.INFO, title=f"Digest: {count} alert{'s' * (count != 1)}",
+        summary="\n".join(lines), lang="en", score=max(a.score for a in alerts),
+        signals=tuple(sorted(best.values(), key=lambda s: -s.score)[:5]),
+        regions=tuple(dict.fromkeys(r for a in alerts for r in a.regions)),
+        keywords=tuple(dict.fromkeys(k for a in alerts for k in a.keywords))[:20],
+        sources=tuple({s.article_id: s for a in alerts for s in a.sources}.values()),
+        reason=f"{count} info-level alert{'s' * (count != 1)} collected since "
+               f"{alerts[0].created:%Y-%m-%d %H:%M} UTC",
+        created=now,
+    )
+
+
 def expand_deliveries(
-    alert: Alert, channels: Mapping[str, Channel], names: Iterable[str | _Named], clock: Clock
+    alert: Alert, channels: Mapping[str, Channel], names: Iterable[str | _Named], clock: Clock,
+    timing: Timing | None = None,
 ) -> list[Delivery]:
     """One Delivery per channel × recipient, keyed so a re-enqueue is a no-op in the outbox.
 
-    ``names`` may hold channel names or channel configs (anything with a ``name``).
+    ``names`` may hold channel names or channel configs (anything with a ``name``);
+    ``timing`` (the watch-list's) may defer the send or put it in a digest.
     """
-    now = clock.now()
+    at, digest = (timing or Timing()).plan(alert.severity, clock.now())
+    suffix = f"{DIGEST_MARK}{at:%Y%m%dT%H%M%SZ}" if digest else ""
     out = []
     wanted = (n if isinstance(n, str) else n.name for n in names)
     for name in dict.fromkeys(wanted):  # keep order, drop duplicates
@@ -67,8 +199,8 @@ def expand_deliveries(
                       hint="add the channel to config/channels or remove it from the watch-list")
             continue
         for recipient in channel.recipients():
-            out.append(Delivery(id=Delivery.key(alert, name, recipient), alert=alert,
-                                channel=name, recipient=recipient, next_at=now))
+            out.append(Delivery(id=Delivery.key(alert, name, recipient) + suffix, alert=alert,
+                                channel=name, recipient=recipient, next_at=at))
     return out
 
 
@@ -101,48 +233,103 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
 
-    def enqueue(self, alert: Alert, channel_names: Iterable[str | _Named]) -> list[Delivery]:
+    def enqueue(self, alert: Alert, channel_names: Iterable[str | _Named],
+                timing: Timing | None = None) -> list[Delivery]:
         """Expand an alert into its deliveries (the caller puts them in the outbox)."""
-        return expand_deliveries(alert, self.channels, channel_names, self.clock)
+        return expand_deliveries(alert, self.channels, channel_names, self.clock, timing)
 
-    async def submit(self, alert: Alert, channel_names: Iterable[str | _Named]) -> int:
+    async def submit(self, alert: Alert, channel_names: Iterable[str | _Named],
+                     timing: Timing | None = None) -> int:
         """Expand, put into the outbox and wake the loop; return how many deliveries were new."""
-        added = await self.store.outbox_put(self.enqueue(alert, channel_names))
+        added = await self.store.outbox_put(self.enqueue(alert, channel_names, timing))
         self._wake.set()
         return added
 
     async def run_once(self) -> DispatchSummary:
-        """Claim one batch of due deliveries and try each once."""
+        """Claim one batch of due deliveries and try each once (each digest group once)."""
         due = await self.store.outbox_due(self.clock.now(), self.owner, self.batch)
+        singles = await self._supersede([d for d in due if digest_tag(d.id) is None])
+        groups = dict.fromkeys(g for d in due if (g := _digest_group(d)) is not None)
+        results = await asyncio.gather(*(self._attempt(d) for d in singles),
+                                       *(self._attempt_digest(*g) for g in groups))
         summary = DispatchSummary()
-        outcomes = await asyncio.gather(*(self._attempt(d) for d in due))
-        for outcome in outcomes:
+        for outcome in (o for outcomes in results for o in outcomes):
             setattr(summary, outcome, getattr(summary, outcome) + 1)
         return summary
 
-    async def _attempt(self, delivery: Delivery) -> str:
-        async with self._slots:
-            channel = self.channels.get(delivery.channel)
+    async def _supersede(self, due: list[Delivery]) -> list[Delivery]:
+        """Drop a due version of an alert when a newer one for the same recipient is due too.
+
+        Both versions were deferred (quiet hours) or one waited for a retry: the newer one
+        says everything the older one did.
+        """
+        newest: dict[tuple[str, str, str], Delivery] = {}
+        for d in due:
+            key = (d.alert.id, d.channel, d.recipient)
+            if key not in newest or d.alert.version > newest[key].alert.version:
+                newest[key] = d
+        keep = set(map(id, newest.values()))
+        for d in due:
+            if id(d) not in keep:
+                await self.store.outbox_done(d.id)
+                log.info("delivery_superseded", channel=d.channel, recipient=d.recipient,
+                         alert=d.alert.id, version=d.alert.version)
+        return [d for d in due if id(d) in keep]
+
+    async def _attempt(self, delivery: Delivery) -> list[str]:
+        channel = self.channels.get(delivery.channel)
+        if channel is None:
+            return await self._dead([delivery], delivery.alert,
+                                    f"channel {delivery.channel} is not configured")
+        return await self._deliver(channel, [delivery], delivery.alert, delivery.id)
+
+    async def _attempt_digest(self, tag: str, channel_name: str, recipient: str) -> list[str]:
+        """Send every due delivery of one digest group as one message, under a lease."""
+        lease = f"digest:{tag}:{channel_name}:{recipient}"
+        if not await self.store.acquire_lease(lease, self.owner, DIGEST_LEASE):
+            return []  # another replica is sending this digest right now
+        try:
+            now = self.clock.now()
+            # Read the outbox again: another replica may have sent part of it already, and
+            # members may sit outside the batch this pass claimed.
+            members = [d for d in await self.store.outbox_list("pending")
+                       if _digest_group(d) == (tag, channel_name, recipient) and d.next_at <= now]
+            if not members:
+                return []
+            digest = combine(members, now)
+            channel = self.channels.get(channel_name)
             if channel is None:
-                return await self._dead(delivery, f"channel {delivery.channel} is not configured")
+                return await self._dead(members, digest,
+                                        f"channel {channel_name} is not configured")
+            key = f"{digest.id}:{channel_name}:{recipient}"
+            return await self._deliver(channel, members, digest, key)
+        finally:
+            await self.store.release_lease(lease, self.owner)
+
+    async def _deliver(self, channel: Channel, members: list[Delivery], alert: Alert,
+                       key: str) -> list[str]:
+        """Send ``alert`` once for ``members`` (one delivery, or a digest's) and record it."""
+        head = members[0]
+        async with self._slots:
             try:
-                await channel.send(delivery.alert, delivery.recipient, idempotency_key=delivery.id)
+                await channel.send(alert, head.recipient, idempotency_key=key)
             except PermanentDeliveryError as exc:
-                metrics.record_alert(delivery.channel, "dead")
-                return await self._dead(delivery, exc.reason)
+                metrics.record_alert(head.channel, "dead")
+                return await self._dead(members, alert, exc.reason)
             except DeliveryError as exc:
-                metrics.record_alert(delivery.channel, "retry")
-                return await self._retry(delivery, exc.reason, exc.retry_after)
+                metrics.record_alert(head.channel, "retry")
+                return await self._retry(members, alert, exc.reason, exc.retry_after)
             except Exception as exc:  # a bug in a channel must not stop the other deliveries
-                log.exception("delivery_crashed", channel=delivery.channel, alert=delivery.alert.id)
-                return await self._retry(delivery, f"unexpected {type(exc).__name__}", None)
+                log.exception("delivery_crashed", channel=head.channel, alert=alert.id)
+                return await self._retry(members, alert, f"unexpected {type(exc).__name__}", None)
         crash_point("after_send")
-        await self.store.outbox_done(delivery.id)
-        metrics.record_alert(delivery.channel, "sent")
-        log.info("delivered", channel=delivery.channel, recipient=delivery.recipient,
-                 alert=delivery.alert.id, version=delivery.alert.version,
-                 attempt=delivery.attempts + 1)
-        return "delivered"
+        for d in members:
+            await self.store.outbox_done(d.id)
+        metrics.record_alert(head.channel, "sent")
+        log.info("delivered", channel=head.channel, recipient=head.recipient, alert=alert.id,
+                 version=alert.version, attempt=max(d.attempts for d in members) + 1,
+                 items=len(members))
+        return ["delivered"] * len(members)
 
     def backoff(self, attempts: int, retry_after: float | None = None) -> float:
         """Seconds before the next attempt: exponential, jittered, capped, >= Retry-After."""
@@ -150,33 +337,43 @@ class Dispatcher:
         delay = ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
         return max(delay, retry_after or 0.0)
 
-    async def _retry(self, delivery: Delivery, reason: str, retry_after: float | None) -> str:
-        attempts = delivery.attempts + 1
+    async def _retry(self, members: list[Delivery], alert: Alert, reason: str,
+                     retry_after: float | None) -> list[str]:
+        attempts = max(d.attempts for d in members) + 1
         if attempts >= self.max_attempts:
-            return await self._dead(delivery, f"gave up after {attempts} attempts: {reason}")
+            return await self._dead(members, alert, f"gave up after {attempts} attempts: {reason}")
         delay = self.backoff(attempts, retry_after)
         next_at = self.clock.now() + timedelta(seconds=delay)
-        await self.store.outbox_retry(delivery.id, next_at, reason)
-        log.warning("delivery_retry", channel=delivery.channel, recipient=delivery.recipient,
-                    alert=delivery.alert.id, attempt=attempts, retry_in=round(delay, 1),
-                    reason=reason)
-        return "retried"
+        for d in members:  # one next_at: a digest's members stay together
+            await self.store.outbox_retry(d.id, next_at, reason)
+        log.warning("delivery_retry", channel=members[0].channel, recipient=members[0].recipient,
+                    alert=alert.id, attempt=attempts, retry_in=round(delay, 1), reason=reason,
+                    items=len(members))
+        return ["retried"] * len(members)
 
-    async def _dead(self, delivery: Delivery, reason: str) -> str:
-        await self.store.outbox_dead(delivery.id, reason)
-        log.error("delivery_dead", channel=delivery.channel, recipient=delivery.recipient,
-                  alert=delivery.alert.id, version=delivery.alert.version,
-                  attempts=delivery.attempts + 1, reason=reason,
-                  hint="fix the cause, then `spillover outbox retry ID`")
-        return "dead"
+    async def _dead(self, members: list[Delivery], alert: Alert, reason: str) -> list[str]:
+        for d in members:
+            await self.store.outbox_dead(d.id, reason)
+        log.error("delivery_dead", channel=members[0].channel, recipient=members[0].recipient,
+                  alert=alert.id, version=alert.version,
+                  attempts=max(d.attempts for d in members) + 1, reason=reason,
+                  items=len(members), hint="fix the cause, then `spillover outbox retry ID`")
+        return ["dead"] * len(members)
 
-    async def _next_wait(self) -> float | None:
-        """Seconds until the earliest pending delivery is due (0 if overdue); None if none."""
+    async def _outlook(self) -> tuple[float | None, int, int]:
+        """(seconds until the earliest pending delivery a drain waits for, pending, deferred).
+
+        Deliveries never attempted and due later were deferred on purpose (quiet hours,
+        digests); a drain does not wait for them.
+        """
+        now = self.clock.now()
         pending = await self.store.outbox_list("pending")
-        if not pending:
-            return None
-        earliest = min(d.next_at for d in pending)
-        return max((earliest - self.clock.now()).total_seconds(), 0.0)
+        waiting = [d for d in pending if d.attempts > 0 or d.next_at <= now]
+        deferred = len(pending) - len(waiting)
+        if not waiting:
+            return None, 0, deferred
+        earliest = min(d.next_at for d in waiting)
+        return max((earliest - now).total_seconds(), 0.0), len(waiting), deferred
 
     async def drain(self, deadline: float) -> DispatchSummary:
         """Send until nothing pending is due before ``deadline`` (a ``clock.monotonic()`` time)."""
@@ -186,15 +383,15 @@ class Dispatcher:
             total.add(summary)
             if summary.attempted:
                 continue
-            wait = await self._next_wait()
+            wait, _, _ = await self._outlook()
             left = deadline - self.clock.monotonic()
             if wait is None or wait >= left:
                 break
             # wait == 0: due but leased by another replica; poll instead of spinning.
             await asyncio.sleep(wait if wait > 0 else min(self.poll_interval, left))
-        total.pending = len(await self.store.outbox_list("pending"))
+        _, total.pending, total.deferred = await self._outlook()
         log.info("outbox_drained", delivered=total.delivered, retried=total.retried,
-                 dead=total.dead, pending=total.pending)
+                 dead=total.dead, pending=total.pending, deferred=total.deferred)
         return total
 
     async def run_forever(self, stop: asyncio.Event) -> None:

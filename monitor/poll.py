@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from monitor import metrics
-from monitor.analysis.language import detect_language
 from monitor.errors import FeedError, FeedGoneError, StoreError
 from monitor.feeds.backoff import next_poll_after
 from monitor.models import Article, FeedState
@@ -63,7 +62,7 @@ class Poller:
         now = self._clock.now()
         if not state.active:
             return PollOutcome(feed.name, "skipped", error="deactivated (410 Gone)")
-        if not force and state.next_poll is not None and state.next_poll > now:
+        if not force and state.failures and state.next_poll is not None and state.next_poll > now:
             return PollOutcome(feed.name, "skipped", error="backing off")
         try:
             result = await self._fetcher.fetch(
@@ -84,14 +83,11 @@ class Poller:
         return PollOutcome(feed.name, status, len(articles), len(admitted))
 
     async def _parse(self, feed: FeedConfig, result: FetchResult) -> list[Article]:
-        articles = await self._parser.parse(
+        # The worker also detects each article's language (off the event loop).
+        return await self._parser.parse(
             result.content, feed_name=feed.name, feed_url=feed.url,
             content_type=result.content_type, lang_hint=feed.lang,
         )
-        return [
-            a.model_copy(update={"lang": detect_language(a.text, hint=feed.lang)})
-            for a in articles
-        ]
 
     async def _succeeded(
         self, feed: FeedConfig, state: FeedState, result: FetchResult, new: int

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     drain_seconds: float = Field(20.0, ge=0, description="bounded drain on shutdown")
     replica_id: str = Field("", description="default: hostname-pid")
+    operator_channel: str = Field("", description="channel name for operator notices")
     fetch_timeout: float = Field(30.0, gt=0, description="overall deadline for one fetch")
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_decoded_bytes: int = Field(20 * 1024 * 1024, gt=0)

@@ -9,7 +9,8 @@ An alert is (re-)sent only when it is new, when its severity rises, or when a ne
 corroborates it. A watch-list may ask for
 N distinct outlets before the first send (``corroboration``); until then the story is kept
 at version 0 (remembered, not sent). A cooldown per watch-list, region and top signal
-stops a burst of separate stories from paging people again and again.
+stops a burst of separate stories from paging people again and again: a story held by it
+stays at version 0 (a later report is checked again); critical stories pass through.
 """
 
 from __future__ import annotations
@@ -109,22 +110,34 @@ class StoryBook:
     async def _new_story(self, firing: Firing) -> Alert | None:
         art = firing.article
         severity = severity_of(firing.score, firing.signals, firing.weights, 1)
-        ready = firing.corroboration <= 1
-        if ready and firing.cooldown > 0 and severity is not Severity.CRITICAL:
-            key = f"cooldown:{firing.watchlist}:{(firing.regions or ('-',))[0]}:" + (
-                firing.signals[0].name if firing.signals else "-")
-            if not await self._store.try_cooldown(key, firing.cooldown):
-                log.info("alert_in_cooldown", watchlist=firing.watchlist, article=art.id, key=key)
-                ready = False
         alert = Alert(
-            id=story_id(firing.watchlist, art), version=1 if ready else 0,
+            id=story_id(firing.watchlist, art), version=0,
             watchlist=firing.watchlist, severity=severity, title=art.title,
             summary=art.summary[:600], lang=art.lang or "en", score=round(firing.score, 4),
             signals=firing.signals[:5], regions=firing.regions, keywords=firing.keywords,
             sources=(_source(art),), reason=_reason(firing), created=self._clock.now(),
         )
+        ready = firing.corroboration <= 1 and await self._clear(alert, firing.cooldown)
+        if ready:
+            alert = alert.model_copy(update={"version": 1})
         await self._store.save_alert(alert, list(firing.embedding))
         return alert if ready else None
+
+    async def _clear(self, alert: Alert, cooldown: float) -> bool:
+        """Whether a story may be sent for the first time: critical, or no cooldown running.
+
+        Starting the cooldown is part of the check, so two replicas cannot both pass it.
+        """
+        if cooldown <= 0 or alert.severity is Severity.CRITICAL:
+            return True
+        region = alert.regions[0] if alert.regions else "-"
+        signal = alert.signals[0].name if alert.signals else "-"
+        key = f"cooldown:{alert.watchlist}:{region}:{signal}"
+        if await self._store.try_cooldown(key, cooldown):
+            return True
+        log.info("alert_in_cooldown", watchlist=alert.watchlist, alert=alert.id, key=key,
+                 severity=alert.severity.value)
+        return False
 
     async def _grow(self, match: tuple[Alert, list[float]], firing: Firing) -> Alert | None:
         alert, emb = match
@@ -143,12 +156,17 @@ class StoryBook:
         regions = tuple(dict.fromkeys((*alert.regions, *firing.regions)))
         keywords = tuple(dict.fromkeys((*alert.keywords, *firing.keywords)))
         unsent = alert.version == 0
-        send = (unsent and n_outlets >= firing.corroboration) or (
-            not unsent and (rose or new_outlet))
         grown = alert.model_copy(update={
             "sources": sources, "severity": severity, "score": score, "regions": regions,
-            "keywords": keywords, "version": alert.version + 1 if send else alert.version,
+            "keywords": keywords,
         })
+        if unsent:
+            # Held for corroboration or by a cooldown: the first send passes both checks.
+            send = n_outlets >= firing.corroboration and await self._clear(grown, firing.cooldown)
+        else:
+            send = rose or new_outlet
+        if send:
+            grown = grown.model_copy(update={"version": alert.version + 1})
         await self._store.save_alert(grown, emb)
         if send:
             log.info("story_updated" if not unsent else "story_corroborated", alert=alert.id,

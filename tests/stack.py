@@ -95,6 +95,7 @@ class Stack:
         log = (self.workdir / f"proc{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "monitor", *args], cwd=self.workdir,
                                 env=self.env(**env), stdout=log, stderr=subprocess.STDOUT)
+        log.close()  # the child holds its own descriptor
         self.procs.append(proc)
         return proc
 

@@ -147,7 +147,8 @@ class Head:
     """An ensemble of MLPs on [embedding, region features], calibrated per language.
 
     Shapes: w1 (k, d, h), b1 (k, h), w2 (k, h), b2 (k,); calibration maps lang -> (a, c)
-    for p = sigmoid(a * z + c) where z is the ensemble's mean logit.
+    for p = sigmoid(a * z + c) where z is the ensemble's mean logit; the classifier multiplies
+    p by region_gate when the text names no place in the region.
     """
 
     mean: Array
@@ -160,6 +161,7 @@ class Head:
     threshold: float = 0.5
     signal_centre: float = 0.86
     signal_width: float = 0.02
+    region_gate: float = 1.0
 
     def logits(self, features: Array) -> Array:
         """The ensemble's mean raw logit for each row."""
@@ -183,7 +185,9 @@ class Head:
             path, mean=self.mean, scale=self.scale, w1=self.w1, b1=self.b1, w2=self.w2,
             b2=self.b2, cal_langs=np.array(langs),
             cal=np.array([self.calibration[k] for k in langs], dtype=np.float32),
-            scalars=np.array([self.threshold, self.signal_centre, self.signal_width]),
+            scalars=np.array(
+                [self.threshold, self.signal_centre, self.signal_width, self.region_gate]
+            ),
         )
 
     @classmethod
@@ -206,12 +210,13 @@ class Head:
         try:
             pairs = zip(a["cal_langs"], a["cal"], strict=True)
             cal = {str(k): (float(v[0]), float(v[1])) for k, v in pairs}
-            threshold, centre, width = (float(v) for v in a["scalars"])
+            threshold, centre, width, gate = (float(v) for v in [*a["scalars"], 1.0][:4])
             f32 = {k: a[k].astype(np.float32) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{path}: not a Spillover classifier head (missing {exc})") from exc
         return cls(
-            calibration=cal, threshold=threshold, signal_centre=centre, signal_width=width, **f32
+            calibration=cal, threshold=threshold, signal_centre=centre, signal_width=width,
+            region_gate=gate, **f32,
         )
 
 
@@ -300,7 +305,10 @@ class Classifier:
     ) -> Array:
         regions = region_features(texts)
         if self._head is not None:
-            return self._head.probability(np.hstack([emb, regions]), langs)
+            p = self._head.probability(np.hstack([emb, regions]), langs)
+            # Every labelled positive names a place in the region; damp those that name none.
+            return np.asarray(p * np.where(regions[:, 2] > 0, 1.0, self._head.region_gate),
+                              dtype=np.float32)
         # No head: the strongest escalation signal, damped where no region place is named.
         esc = [j for j, s in enumerate(self._signals) if s.direction == "escalation"]
         best = sig[:, esc].max(axis=1) if esc else np.zeros(len(texts), np.float32)

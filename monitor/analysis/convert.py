@@ -201,6 +201,61 @@ def write_safetensors(path: Path, tensors: dict[str, TensorSource]) -> None:
                                  f"expected {src.shape}")
 
 
+class SafetensorsReader:
+    """Reads one tensor (or row range) at a time with plain reads.
+
+    No mmap on purpose: every touched page of a mapping counts as resident memory, so
+    mapping a 280 MB file to quantise it would double the peak the int8 path exists to cut.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fh = path.open("rb")
+            (size,) = struct.unpack("<Q", self._fh.read(8))
+            header = json.loads(self._fh.read(size))
+        except (OSError, ValueError, struct.error) as exc:
+            raise ModelError(f"{path}: cannot read the weights ({exc}); delete the model "
+                             "directory so it is rebuilt") from exc
+        header.pop("__metadata__", None)
+        self._base = 8 + size
+        self._entries: dict[str, dict[str, Any]] = header
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entry(name)["shape"])
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> npt.NDArray[np.float32]:
+        """Rows ``start:stop`` of a float32 tensor (all of it by default)."""
+        entry, shape = self._entry(name), self.shape(name)
+        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        stop = (shape[0] if shape else 1) if stop is None else stop
+        out = np.empty(((stop - start) * row,), dtype="<f4")
+        self._fh.seek(self._base + entry["data_offsets"][0] + 4 * start * row)
+        if self._fh.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise ModelError(f"{self.path}: tensor {name} is truncated; delete the model "
+                             "directory so it is rebuilt")
+        return out.reshape((stop - start, *shape[1:]) if shape else ())
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelError(f"{self.path}: no tensor {name!r}; the directory does not hold "
+                             "the expected model, delete it so it is rebuilt")
+        if entry.get("dtype") != "F32":
+            raise ModelError(f"{self.path}: tensor {name} is {entry.get('dtype')}, the int8 "
+                             "loader reads F32 only; use SPILLOVER_MODEL_VARIANT=fp32")
+        return entry
+
+
 def _reindexed(path: Path, suffix: str, rows: npt.NDArray[np.int64]) -> dict[str, TensorSource]:
     """Every tensor of a safetensors file, the one named ``*suffix`` reduced to ``rows``."""
     from safetensors import safe_open

@@ -1,0 +1,119 @@
+"""Live reload under a running daemon: valid edits apply, broken or unsafe ones leave it running."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.servers import Reply
+from tests.stack import Stack, make_stack, rss, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+STRIKE = ("tyre-1", "Israeli air strikes hit Hezbollah positions near Tyre in southern Lebanon",
+          "Israeli warplanes struck Hezbollah positions near the city of Tyre in southern "
+          "Lebanon overnight, the army said, as cross-border fire intensified.")
+TANKER = ("hodeidah-1", "Houthi missile strikes tanker in the Red Sea off Hodeidah",
+          "A Houthi anti-ship missile hit a commercial tanker in the Red Sea off the Yemeni "
+          "port of Hodeidah, setting it ablaze, maritime security officials said.")
+QUIET = [(f"q-{i}", f"Trade fair opens in city number {i}",
+          "Exhibitors showed farm machinery and textiles to visitors.") for i in range(4)]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A loopback deployment (feeds, SMTP, Slack stand-in) in a temporary directory."""
+    yield from make_stack(tmp_path)
+
+
+def _events(stack: Stack, name: str) -> list[dict[str, Any]]:
+    """The daemon's JSON log events called ``name`` (stdout alert blocks are skipped)."""
+    out = []
+    for line in stack.log_of(0).splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == name:
+                out.append(event)
+    return out
+
+
+def _await_event(stack: Stack, name: str, count: int, within: float) -> dict[str, Any]:
+    """Wait for the ``count``-th ``name`` event; return it."""
+    assert wait_for(lambda: len(_events(stack, name)) >= count, within, 0.1), (
+        name, stack.log_of(0)[-3000:])
+    return _events(stack, name)[count - 1]
+
+
+def _serve(stack: Stack, feed: str, items: list[tuple[str, str, str]]) -> None:
+    stack.http.routes[f"/{feed}.xml"] = Reply(200, rss(items), {"Content-Type": "application/xml"})
+
+
+def _subjects(stack: Stack, word: str) -> list[str]:
+    return [str(m["Subject"]) for m in stack.emails() if word in str(m["Subject"])]
+
+
+def test_live_reload_applies_valid_edits_and_survives_broken_ones(stack: Stack,
+                                                                   redis_url: str) -> None:
+    """A valid watch-list edit applies within 5 s; a truncated, an empty and a malformed
+    file are each logged with file and location, told on the operator's channel, and the
+    daemon keeps alerting with the last good configuration; a reload dropping most feeds
+    is refused."""
+    stack.set_feeds({"wire": rss([STRIKE]), **{f"quiet{i}": rss([q]) for i, q in
+                                               enumerate(QUIET)}})
+    watchlist = stack.config / "watchlists" / "middle-east.yaml"
+    good = watchlist.read_text(encoding="utf-8")
+    stack.start("run", "--config", "config", SPILLOVER_STATE_URL=redis_url,
+                SPILLOVER_LOG_FORMAT="json", SPILLOVER_OPERATOR_CHANNEL="email")
+    assert wait_for(lambda: _subjects(stack, "Tyre") and stack.slack_posts(), 120), (
+        stack.log_of(0)[-3000:])
+    slack_before = len(stack.slack_posts())
+
+    # Valid: alerts of this watch-list now go by email only.
+    email_only = good.replace("channels: [all]", "channels: [email]")
+    assert email_only != good
+    written = time.monotonic()
+    watchlist.write_text(email_only, encoding="utf-8")
+    _await_event(stack, "config_reloaded", 1, 5)
+    assert time.monotonic() - written < 5
+
+    broken = {
+        "truncated": good[: good.index('"ground off') + len('"ground off')],
+        "empty": "",
+        "malformed": "regions: [israel, gaza\nmin_score: 0.5\n",
+    }
+    for n, (kind, text) in enumerate(broken.items(), start=1):
+        watchlist.write_text(text, encoding="utf-8")
+        event = _await_event(stack, "config_invalid", n, 5)
+        assert event["file"].endswith("watchlists/middle-east.yaml"), (kind, event)
+        assert kind == "empty" or event["location"].startswith("line "), (kind, event)
+    assert wait_for(lambda: _subjects(stack, "configuration problem"), 10)
+    assert len(_events(stack, "config_reloaded")) == 1
+
+    # Still alerting, by the last good configuration (email only), with the bad file in place.
+    _serve(stack, "quiet0", [QUIET[0], TANKER])
+    assert wait_for(lambda: _subjects(stack, "Hodeidah"), 45), stack.log_of(0)[-3000:]
+    time.sleep(1)  # a Slack post, if one were wrongly made, would be in flight now
+    assert len(stack.slack_posts()) == slack_before
+
+    watchlist.write_text(email_only, encoding="utf-8")
+    _await_event(stack, "config_reloaded", 2, 5)
+    feeds_yaml = stack.config / "feeds.yaml"
+    doc = yaml.safe_load(feeds_yaml.read_text(encoding="utf-8"))
+    feeds_yaml.write_text(yaml.safe_dump({"feeds": doc["feeds"][:1]}), encoding="utf-8")
+    refused = _await_event(stack, "config_reload_refused", 1, 5)
+    assert refused["feeds"] == [5, 1]
+    assert wait_for(lambda: _subjects(stack, "configuration problem")
+                    and any("refused" in _body(m) for m in stack.emails()), 10)
+    assert len(_events(stack, "config_reloaded")) == 2
+    assert len(_subjects(stack, "Tyre")) == len(_subjects(stack, "Hodeidah")) == 1
+
+
+def _body(msg: Any) -> str:
+    part = msg.get_body(preferencelist=("plain",))
+    return str(part.get_content()) if part else ""
