@@ -144,7 +144,8 @@ def start_replicas(dep: Deployment, count: int, run: int) -> Procs:
         log = dep.work / f"run{run}-replica{n}.log"
         with log.open("wb") as out:
             procs.append((subprocess.Popen(
-                [sys.executable, "-m", "monitor", "run", "--config", str(dep.work / "config")],
+                [sys.executable, "-m", "monitor", "run", "--config", str(dep.work / "config"),
+                 "--alerts", str(ROOT / "alerts")],
                 cwd=dep.work, env={**env, "SPILLOVER_REPLICA_ID": f"r{n}"},
                 stdout=out, stderr=subprocess.STDOUT), log))
     return procs
@@ -161,20 +162,26 @@ def events(log: Path, name: str) -> list[dict[str, object]]:
     return out
 
 
-def wait_events(logs: list[Path], name: str, timeout: float) -> None:
-    """Wait until every log holds a ``name`` event."""
+def wait_events(procs: Procs, name: str, timeout: float) -> None:
+    """Wait until every replica's log holds a ``name`` event; stop if one has exited."""
     deadline = time.monotonic() + timeout
-    while not all(events(log, name) for log in logs):
+    while not all(events(log, name) for _, log in procs):
+        for proc, log in procs:
+            if proc.poll() is not None:
+                tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+                raise SystemExit(f"a replica exited with {proc.returncode}:\n{tail}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"not every replica logged {name} within {timeout:g}s; see {logs}")
+            raise SystemExit(f"not every replica logged {name} within {timeout:g}s")
         time.sleep(0.1)
 
 
 async def measure(dep: Deployment, feeds: int, started: datetime,
                   limit: float) -> dict[str, float]:
     """Watch the shared state until everything is polled, judged and delivered."""
+    from monitor.logs import configure_logging
     from monitor.state.redis import RedisStore  # queue_length is Redis-only
 
+    configure_logging("console", "ERROR")  # our own store's lines would garble the table
     store = RedisStore(dep.redis_url)
     await store.open()
     wanted = set(dep.urls[1: feeds + 1])
@@ -214,11 +221,11 @@ def one_run(work: Path, replicas: int, args: argparse.Namespace, run: int) -> di
         dep.write_config(0)
         procs = start_replicas(dep, replicas, run)
         logs = [log for _, log in procs]
-        wait_events(logs, "ready", 300)
+        wait_events(procs, "ready", 300)
         time.sleep(1.0)  # let the warm-up feed's article clear
         started = datetime.now(UTC)
         dep.write_config(args.feeds)
-        wait_events(logs, "config_reloaded", 30)
+        wait_events(procs, "config_reloaded", 30)
         figures = asyncio.run(measure(dep, args.feeds, started, 600))
         figures["articles"] = float(args.feeds * args.items)
         figures["polled_by"] = float(sum(1 for log in logs if events(log, "feed_polled")))
@@ -251,7 +258,8 @@ def main() -> int:
     print("note: the model (multilingual-e5-small, run on CPU in every replica) dominates the "
           "alert figures;\n      replicas on the same few cores share them, so alerts/s "
           "does not scale with replicas here.\n      Replicas add availability (a dead one's "
-          "feeds and alerts are taken over), and throughput only with more cores or hosts.")
+          "feeds and alerts are taken over);\n      throughput grows only with more cores or "
+          "hosts.")
     return 0
 
 

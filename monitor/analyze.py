@@ -127,6 +127,8 @@ class Analyzer:
                 latest[queued.alert.id] = queued
         for queued in latest.values():
             await self._queue(queued)
+        if latest:
+            self._dispatcher.wake()
         crash_point("before_ack")
         await self._store.ack_articles([eid for eid, _ in entries])
         self.articles_done += len(entries)
@@ -173,8 +175,12 @@ class Analyzer:
             if await self.run_once() == 0:
                 return
 
-    async def run_forever(self, stop: asyncio.Event, idle: float = 1.0) -> None:
-        """Process batches until ``stop`` is set; sleep briefly when the queue is empty."""
+    async def run_forever(self, stop: asyncio.Event, idle: float = 0.25) -> None:
+        """Process batches until ``stop`` is set; sleep briefly when the queue is empty.
+
+        ``idle`` bounds how long a freshly admitted article waits (the poller does not wake
+        this loop); a claim on an empty queue is one cheap query.
+        """
         while not stop.is_set():
             try:
                 n = await self.run_once()

@@ -242,8 +242,12 @@ class Dispatcher:
                      timing: Timing | None = None) -> int:
         """Expand, put into the outbox and wake the loop; return how many deliveries were new."""
         added = await self.store.outbox_put(self.enqueue(alert, channel_names, timing))
-        self._wake.set()
+        self.wake()
         return added
+
+    def wake(self) -> None:
+        """Look at the outbox now instead of after the idle wait (new deliveries were put)."""
+        self._wake.set()
 
     async def run_once(self) -> DispatchSummary:
         """Claim one batch of due deliveries and try each once (each digest group once)."""
@@ -397,6 +401,8 @@ class Dispatcher:
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set; when idle, poll every ``poll_interval`` or on submit."""
         while not stop.is_set():
+            # Cleared before the pass, not in _idle: a wake during the pass is not lost.
+            self._wake.clear()
             try:
                 summary = await self.run_once()
             except MonitorError as exc:  # the store is down: keep the loop alive, try again
@@ -407,7 +413,6 @@ class Dispatcher:
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Wait ``poll_interval`` seconds, less if stopped or woken by ``submit``."""
-        self._wake.clear()
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
             await asyncio.wait(

