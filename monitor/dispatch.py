@@ -179,6 +179,9 @@ def combine(deliveries: Sequence[Delivery], now: datetime) -> Alert:
     )
 
 
+SEND_NOW = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def expand_deliveries(
     alert: Alert, channels: Mapping[str, Channel], names: Iterable[str | _Named], clock: Clock,
     timing: Timing | None = None,
@@ -188,8 +191,13 @@ def expand_deliveries(
     ``names`` may hold channel names or channel configs (anything with a ``name``);
     ``timing`` (the watch-list's) may defer the send or put it in a digest.
     """
-    at, digest = (timing or Timing()).plan(alert.severity, clock.now())
+    now = clock.now()
+    at, digest = (timing or Timing()).plan(alert.severity, now)
     suffix = f"{DIGEST_MARK}{at:%Y%m%dT%H%M%SZ}" if digest else ""
+    if at <= now:
+        # Due at once: stamp a fixed past time, so a wall clock that steps back (NTP, a VM
+        # resumed) can never hold an alert until it catches up again.
+        at = SEND_NOW
     out = []
     wanted = (n if isinstance(n, str) else n.name for n in names)
     for name in dict.fromkeys(wanted):  # keep order, drop duplicates

@@ -435,7 +435,7 @@ def _tune_process(threads: int) -> None:
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
         torch.set_num_interop_threads(1)
     if "x86" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "x86"
+        torch.backends.quantized.engine = os.environ.get("XENG", "x86")
 
 
 def _settle_memory() -> None:
