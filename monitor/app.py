@@ -170,6 +170,8 @@ class Runtime:
                 "restart to apply a change that drops most of them")
             return False
         self.config, self.renderer = config, renderer
+        for channel in self.channels.values():
+            channel.use_renderer(renderer)
         self._judge = Judge(
             Classifier(self.classifier.encoder, config.signals, self.classifier.head),
             Matcher(config), config)

@@ -122,6 +122,9 @@ class Renderer:
             undefined=jinja2.StrictUndefined,
             finalize=finalize,
             keep_trailing_newline=False,
+            # Templates change only through a validated reload (Runtime.reload), never by
+            # jinja noticing a half-edited file on disk.
+            auto_reload=False,
             trim_blocks=True,
             lstrip_blocks=True,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -64,16 +65,32 @@ def _add_feed(stack: Stack, name: str, body: bytes) -> None:
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
 
 
-def test_readiness_metrics_and_operator_notice(stack: Stack, redis_url: str) -> None:
-    """/readyz is 503 while the model loads and 200 after; /metrics counts polls, articles
-    and sent alerts as they happen; a dead-lettered delivery is told once on the operator's
-    channel and shows in the dead-letter gauge."""
+def _datagrams(sock: socket.socket) -> list[str]:
+    """Every notification waiting on the stand-in systemd socket."""
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return out
+
+
+def test_readiness_metrics_watchdog_and_operator_notice(stack: Stack, redis_url: str,
+                                                        tmp_path: Path) -> None:
+    """/readyz is 503 while the model loads and 200 after; systemd hears READY=1 and
+    watchdog pings; /metrics counts polls, articles and sent alerts as they happen; a
+    dead-lettered delivery is told once on the operator's channel and shows in the
+    dead-letter gauge."""
     stack.set_feeds({"quiet": rss([QUIET]), "wire": rss([STRIKE])})
     stack.http.routes["/hook/T000/B000/secret-token"] = Reply(404, b"no_service")
     base = f"http://127.0.0.1:{free_port()}"
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify.sock"))
+    systemd.setblocking(False)
     stack.start("run", "--config", "config", SPILLOVER_STATE_URL=redis_url,
                 SPILLOVER_HEALTH_LISTEN=base.removeprefix("http://"),
-                SPILLOVER_OPERATOR_CHANNEL="email", SPILLOVER_LOG_FORMAT="json")
+                SPILLOVER_OPERATOR_CHANNEL="email", SPILLOVER_LOG_FORMAT="json",
+                NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000")
     seen: list[tuple[int, str]] = []
 
     def ready() -> bool:
@@ -108,6 +125,10 @@ def test_readiness_metrics_and_operator_notice(stack: Stack, redis_url: str) -> 
     notices = [m for m in stack.emails() if "dead-lettered" in str(m["Subject"])]
     assert len(notices) == 2, [str(m["Subject"]) for m in stack.emails()]
     assert "secret-token" not in stack.log_of(0)
+    told = _datagrams(systemd)
+    systemd.close()
+    assert told[0].startswith("READY=1"), told
+    assert told.count("WATCHDOG=1") >= 3, told
 
 
 def test_status_after_a_run_shows_feeds_outbox_and_alerts(stack: Stack, redis_url: str) -> None:

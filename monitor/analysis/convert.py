@@ -240,7 +240,7 @@ class SafetensorsReader:
         stop = (shape[0] if shape else 1) if stop is None else stop
         out = np.empty(((stop - start) * row,), dtype="<f4")
         self._fh.seek(self._base + entry["data_offsets"][0] + 4 * start * row)
-        if self._fh.readinto(memoryview(out).cast("B")) != out.nbytes:
+        if self._fh.readinto(out.data.cast("B")) != out.nbytes:
             raise ModelError(f"{self.path}: tensor {name} is truncated; delete the model "
                              "directory so it is rebuilt")
         return out.reshape((stop - start, *shape[1:]) if shape else ())

@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,9 +42,9 @@ TRIM_COSINE_MIN = 0.999  # trimming must not change a single token, so embedding
 QUERY_PREFIX = "query: "
 VARIANTS = ("fp32", "int8")
 EMBED_CHUNK_ROWS = 2048  # 3 MB of float rows at a time while quantising the embedding table
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-MAX_BATCH_TOKENS = int(os.environ.get('XTOK', 4096))
-MALLOC_KEEP_BYTES = int(os.environ.get("XKEEP", 64 * 1024 * 1024))  # above the largest activation (32 x 128 x 1536 floats)
+# Padded tokens per forward. Small GEMMs cost little on CPU (512 vs 4096: same texts/s) and
+# keep every activation under ~3 MB, which glibc recycles instead of re-faulting each time.
+MAX_BATCH_TOKENS = 512
 
 # (anchor, related, unrelated) per language: the sanity check wants related > unrelated.
 PROBES: dict[str, tuple[str, str, str]] = {
@@ -257,8 +258,11 @@ def _check(path: Path, plan: ModelPlan, embeddings: npt.NDArray[np.float32],
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Consecutive slices of ``order`` (sorted by length) of at most ``batch_size`` texts and
-    MAX_BATCH_TOKENS padded tokens: activation memory stays bounded whatever the caller asks."""
+    """Consecutive slices of ``order`` (sorted by length) within both limits.
+
+    At most ``batch_size`` texts and MAX_BATCH_TOKENS padded tokens, so activation memory
+    stays bounded whatever batch size the caller asks for.
+    """
     start = 0
     while start < len(order):
         stop = min(start + batch_size, len(order))
@@ -333,7 +337,10 @@ class Int8Linear(torch.nn.Module):
         super().__init__()
         scale = (weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0).double()
         zero = torch.zeros(weight.shape[0], dtype=torch.long)
-        qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+        with warnings.catch_warnings():  # torch 2.13 deprecates these ops for torchao
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
         self.reduce_range = reduce_range
         self.out_features, self.in_features = weight.shape
@@ -386,8 +393,9 @@ def _load_int8(path: Path) -> Any:
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    auto: Any = AutoModel
     with torch.device("meta"):
-        model = AutoModel.from_config(config, add_pooling_layer=False)  # e5 pools itself
+        model = auto.from_config(config, add_pooling_layer=False)  # e5 pools itself
     reduce_range = not _has_vnni()
     with SafetensorsReader(path / "model.safetensors") as weights:
         embed_name = _module_name(model, model.get_input_embeddings())
@@ -402,7 +410,7 @@ def _load_int8(path: Path) -> Any:
 
 
 def _module_name(model: torch.nn.Module, wanted: torch.nn.Module) -> str:
-    return next(name for name, module in model.named_modules() if module is wanted)
+    return next(str(name) for name, module in model.named_modules() if module is wanted)
 
 
 def _tensor(weights: SafetensorsReader, name: str) -> torch.Tensor:
@@ -435,25 +443,14 @@ def _tune_process(threads: int) -> None:
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
         torch.set_num_interop_threads(1)
     if "x86" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = os.environ.get("XENG", "x86")
+        torch.backends.quantized.engine = "x86"
 
 
 def _settle_memory() -> None:
-    """After loading: return load-time garbage to the OS, then keep activation memory.
-
-    glibc's defaults hand each 6-25 MB activation back to the kernel and fault it in again
-    on the next forward; that page churn cost 40% of int8 time (GELU 63 -> 12 ms per call).
-    Set only now, so the float buffers of loading were still unmapped as soon as freed.
-    """
+    """Return load-time garbage (JSON parsing, float weights read for quantising) to the OS."""
     gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-        if MALLOC_KEEP_BYTES >= 0:
-            libc.mallopt(M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES)
-            libc.mallopt(M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES)
-    except (OSError, AttributeError):  # not glibc: keep the platform's allocator defaults
-        pass
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def open_encoder(path: Path, *, variant: str = "fp32", name: str | None = None) -> Encoder:

@@ -31,6 +31,10 @@ class Channel(Protocol):
         """Release connections; safe to call twice."""
         ...
 
+    def use_renderer(self, renderer: Renderer) -> None:
+        """Switch to templates validated by a live reload."""
+        ...
+
 
 # The config shapes (pydantic models in monitor/config.py) as read-only protocols.
 

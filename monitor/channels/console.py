@@ -36,5 +36,9 @@ class ConsoleChannel:
         except (OSError, ValueError) as exc:
             raise PermanentDeliveryError(self.name, f"cannot write to the console: {exc}") from exc
 
+    def use_renderer(self, renderer: Renderer) -> None:
+        """Switch to templates validated by a live reload."""
+        self._renderer = renderer
+
     async def close(self) -> None:
         """Nothing to release."""

@@ -157,6 +157,10 @@ class EmailChannel:
         # The server lacks something we need (AUTH, SMTPUTF8): retrying will not help.
         return PermanentDeliveryError(self.name, f"{self._where}: {exc}")
 
+    def use_renderer(self, renderer: Renderer) -> None:
+        """Switch to templates validated by a live reload."""
+        self._renderer = renderer
+
     async def close(self) -> None:
         """Nothing pooled: each send opens and closes its own session."""
 

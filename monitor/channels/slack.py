@@ -124,6 +124,10 @@ class SlackChannel:
     def _scrub(self, text: str) -> str:
         return text.replace(self._url, self.masked_url)
 
+    def use_renderer(self, renderer: Renderer) -> None:
+        """Switch to templates validated by a live reload."""
+        self._renderer = renderer
+
     async def close(self) -> None:
         """Close the HTTP client if this channel created it; safe to call twice."""
         if self._own_client:

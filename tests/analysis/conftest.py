@@ -40,14 +40,14 @@ def trimmed_dir(encoder_settings: Settings, encoder_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def encoder_fp32(encoder_settings: Settings, encoder_dir: Path) -> Iterator[Encoder]:
     """The converted model as is, loaded once per session."""
-    encoder = load_encoder(encoder_settings, variant="fp32")
+    encoder = load_encoder(encoder_settings.model_copy(update={"model_variant": "fp32"}))
     yield encoder
     encoder.close()
 
 
 @pytest.fixture(scope="session")
 def encoder_int8(encoder_settings: Settings, trimmed_dir: Path) -> Iterator[Encoder]:
-    """The optimised path (trimmed vocabulary, int8 Linear layers), loaded once per session."""
-    encoder = load_encoder(encoder_settings, variant="int8")
+    """The optimised path (trimmed vocabulary, int8 embedding and Linears), once per session."""
+    encoder = load_encoder(encoder_settings)  # the default variant is the optimised one
     yield encoder
     encoder.close()

@@ -187,8 +187,8 @@ async def test_server_that_never_greets_times_out(renderer: Renderer) -> None:
             await channel.send(sample_alert(), "desk@example.org", idempotency_key="k")
     finally:
         server.close()
-    assert time.monotonic() - started < 2.0
-    await asyncio.wait_for(finished.wait(), 2)
+    assert time.monotonic() - started < 5.0  # 0.5 s timeout; slack for a loaded CI machine
+    await asyncio.wait_for(finished.wait(), 5)
     await server.wait_closed()
 
 
