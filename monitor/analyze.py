@@ -169,6 +169,13 @@ class Analyzer:
                  send_at=send_at.isoformat() if send_at else None,
                  digest=any(digest_tag(d.id) for d in deliveries))
 
+    async def recover(self) -> None:
+        """Take back what a previous life of this replica claimed and never finished."""
+        released = await self._store.release_claims(self._consumer)
+        if released:
+            log.warning("queue_recovered", entries=released, consumer=self._consumer,
+                        hint="a previous run stopped mid-batch; its articles are processed now")
+
     async def drain(self, deadline: float) -> None:
         """Process until the queue is empty or the monotonic deadline passes."""
         while time.monotonic() < deadline:

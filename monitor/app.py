@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import signal
 import socket
 import time
@@ -45,8 +44,12 @@ NOTICE_MEMORY = 7 * 24 * 3600.0  # a dead letter is told to the operator once a 
 
 
 def replica_name(settings: Settings) -> str:
-    """The name of this process among replicas: the setting, else host-pid."""
-    return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    """The name of this process among replicas: the setting, else the host name.
+
+    Stable across restarts on purpose: a restarted replica takes its own unfinished queue
+    entries back at once. Two processes on one host need distinct SPILLOVER_REPLICA_ID.
+    """
+    return settings.replica_id or socket.gethostname()
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Runtime:
         self.poller = Poller(self.store, self.fetcher, self.parser, self.clock, self.owner)
         self.analyzer = Analyzer(self.store, self.judge, StoryBook(self.store, self.clock),
                                  self.dispatcher, self.owner)
+        await self.analyzer.recover()
         log.info("ready", replica=self.owner, feeds=len(self.config.feeds),
                  channels=sorted(self.channels), state=_state_kind(self.settings))
         operator = self.settings.operator_channel

@@ -35,7 +35,9 @@ from tests.test_config import shipped_copy
 
 pytestmark = pytest.mark.model
 
-UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069<>]")
+# Control, zero-width and bidi-override characters, and markup (a tag, not a bare "<" that
+# the text itself may contain, e.g. "a < b" decoded from "&lt;").
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]|<[a-zA-Z/!?]")
 HOSTILE_BITS = [
     '<!DOCTYPE rss [<!ENTITY x "xxxxxxxxxx">]>', "&x;", "&amp;", "&#0;", "&#xD800;", "<![CDATA[",
     "]]>", "<script>alert(1)</script>", "<item>", "</item>", "<title>", "</channel>", "\x00",
@@ -131,7 +133,7 @@ def assert_well_formed(article: Article) -> None:
     assert article.published is None or 1990 <= article.published.year <= 2100
 
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=feed_bytes(), ctype=st.sampled_from([
     "application/rss+xml", "text/xml; charset=utf-8", "text/xml; charset=windows-1252",

@@ -48,6 +48,10 @@ class Store(Protocol):
         """Take up to ``count`` queued articles as (entry id, article); also reclaim stale ones."""
         ...
 
+    async def release_claims(self, consumer: str) -> int:
+        """At start-up: make entries a previous life of ``consumer`` claimed claimable now."""
+        ...
+
     async def ack_articles(self, entry_ids: Sequence[str]) -> None:
         """Remove processed entries from the queue."""
         ...

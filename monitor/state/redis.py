@@ -143,7 +143,7 @@ class RedisStore:
             await client.aclose()
             raise
         self._client = client
-        for name in ("ADMIT", "CLAIM", "OUTBOX_PUT", "OUTBOX_DUE", "OUTBOX_MOVE",
+        for name in ("ADMIT", "CLAIM", "RELEASE", "OUTBOX_PUT", "OUTBOX_DUE", "OUTBOX_MOVE",
                      "LEASE_ACQUIRE", "LEASE_RELEASE", "SAVE_ALERT"):
             self._scripts[name] = client.register_script(getattr(lua, name))
         log.info("state_opened", backend="redis", url=self.where)
@@ -220,6 +220,10 @@ class RedisStore:
                 # left pending: re-delivered, then dead-lettered after MAX_DELIVERIES
                 log.error("queue_entry_unreadable", entry=entry_id, error=str(exc))
         return claimed
+
+    async def release_claims(self, consumer: str) -> int:
+        """Make entries claimed by ``consumer`` (a previous life of it) claimable now."""
+        return int(await self._run("RELEASE", [self._key("articles")], [GROUP, consumer]))
 
     async def ack_articles(self, entry_ids: Sequence[str]) -> None:
         """Acknowledge and delete processed entries in one transaction."""

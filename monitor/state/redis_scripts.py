@@ -61,6 +61,27 @@ end
 return out
 """
 
+# KEYS[1] stream; ARGV group, consumer. A restarted replica (same name) gives back what its
+# previous life claimed: those pending entries are marked idle for a day, so the next claim
+# (by anyone) takes them at once. Returns how many.
+RELEASE = """#!lua
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+local args = {stream, group, consumer, 0}
+for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', 10000, consumer)) do
+  args[#args + 1] = p[1]
+end
+local n = #args - 4
+if n > 0 then
+  -- (unpack must come last in a Lua call, so the options go into the same table)
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = 86400000
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
+end
+return n
+"""
+
 # Shared by the outbox scripts: forget done ids older than the idempotency window.
 # KEYS[1] items hash, KEYS[2] state hash, done zset passed as an argument.
 _PRUNE_DONE = """

@@ -276,6 +276,12 @@ class SQLiteStore:
         )
         return [(r[0], r[1]) for r in rows]
 
+    async def release_claims(self, consumer: str) -> int:
+        """Make entries claimed by ``consumer`` (a previous life of it) claimable now."""
+        return await self._write(lambda c: c.execute(
+            "UPDATE queue SET claimed_at = 0 WHERE claimed_by = ? AND claimed_at IS NOT NULL",
+            (consumer,)).rowcount)
+
     async def ack_articles(self, entry_ids: Sequence[str]) -> None:
         """Delete processed entries; unknown ids are ignored."""
         ids = [(int(e),) for e in entry_ids if e.isdigit()]

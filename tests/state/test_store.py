@@ -358,3 +358,16 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: object) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer than this Spillover"):
         await SQLiteStore(path).open()
+
+
+async def test_release_claims_gives_a_restarted_consumer_its_work_back(store: AnyStore) -> None:
+    """Entries a consumer claimed before dying are claimable at once after release_claims,
+    while another consumer's live claims stay untouched."""
+    await store.admit_articles([article(n) for n in range(4)], retention=DAY)
+    mine = await store.claim_articles("w1", 2)
+    theirs = await store.claim_articles("w2", 1)
+    assert await store.release_claims("w1") == 2
+    again = await store.claim_articles("w1", 5, reclaim_after=60)
+    assert sorted(a.id for _, a in again) == sorted(
+        [a.id for _, a in mine] + [article(3).id])
+    assert not {a.id for _, a in theirs} & {a.id for _, a in again}
