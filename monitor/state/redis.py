@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from pydantic import ValidationError
@@ -35,6 +34,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from monitor.errors import StoreError, StoreUnavailableError
+from monitor.logs import mask_url
 from monitor.models import Alert, Article, Delivery, DeliveryStatus, FeedState
 from monitor.state import redis_scripts as lua
 from monitor.state.sqlite import KEEP_ALERTS, KEEP_DONE, MAX_DELIVERIES, outbox_status
@@ -44,20 +44,6 @@ log = structlog.get_logger(__name__)
 GROUP = "spillover"
 DEAD_LETTER_MAXLEN = 10_000
 MIN_VERSION = (7, 0)  # script shebangs (OOM checked before a script runs)
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``****``, safe for logs and errors."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = netloc.rpartition("@")[2]
-        netloc = f"{parts.username or ''}:****@{host}"
-    query = "&".join(
-        f"{k}=****" if "pass" in k.lower() else f"{k}={v}"
-        for k, _, v in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _ms(seconds: float) -> int:

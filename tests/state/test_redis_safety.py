@@ -14,8 +14,9 @@ from structlog.testing import capture_logs
 
 import tests.conftest
 from monitor.errors import StoreError, StoreUnavailableError
+from monitor.logs import mask_url
 from monitor.models import Article
-from monitor.state.redis import RedisStore, mask_url
+from monitor.state.redis import RedisStore
 from tests.conftest import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
