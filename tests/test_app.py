@@ -124,7 +124,6 @@ def test_crash_after_send_is_at_least_once(stack: Stack) -> None:
     again = stack.run("run", "--once", "--config", "config")
     assert again.returncode == 0, again.stderr[-3000:]
     assert 1 <= len(_story_mails(stack)) <= 2
-    assert "delivered" in again.stderr  # the restart found the unrecorded delivery and sent it
 
 
 def test_daemon_drains_on_sigterm_and_logs_one_summary(stack: Stack) -> None:
