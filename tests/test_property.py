@@ -24,12 +24,6 @@ from monitor.feeds.fetch import Fetcher
 from monitor.feeds.parse import parse_feed
 from monitor.models import Article
 from monitor.settings import Settings
-from tests.analysis.conftest import (  # noqa: F401 - session fixtures from tests/analysis
-    encoder_dir,
-    encoder_int8,
-    encoder_settings,
-    trimmed_dir,
-)
 from tests.servers import LoopbackHTTPServer, Reply
 from tests.test_config import shipped_copy
 
@@ -99,7 +93,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @pytest.fixture(scope="module")
-def classifier(config: Config, encoder_int8: Encoder) -> Classifier:  # noqa: F811
+def classifier(config: Config, encoder_int8: Encoder) -> Classifier:
     """Built once: it embeds every signal's examples."""
     return Classifier(encoder_int8, config.signals, Head.load(default_head_path()))
 
