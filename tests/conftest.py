@@ -10,12 +10,18 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from monitor.analysis.encoder import Encoder, load_encoder, prepare_model
 from monitor.settings import DEFAULT_MODEL, Settings
 from tests.servers import LoopbackHTTPServer
+
+if TYPE_CHECKING:
+    from monitor.analysis.encoder import Encoder
+
+# The encoder module (and torch) is imported inside the fixtures: test modules that parser
+# workers import by reference (spawned processes with a memory cap) must not pull in torch.
 
 os.environ.setdefault("SPILLOVER_ALLOW_PRIVATE_NETWORKS", "1")
 
@@ -112,18 +118,24 @@ def encoder_settings() -> Settings:
 @pytest.fixture(scope="session")
 def encoder_dir(encoder_settings: Settings) -> Path:
     """The converted full-vocabulary model directory (built on first use)."""
+    from monitor.analysis.encoder import prepare_model
+
     return prepare_model(encoder_settings, variant="fp32")
 
 
 @pytest.fixture(scope="session")
 def trimmed_dir(encoder_settings: Settings, encoder_dir: Path) -> Path:
     """The vocabulary-trimmed model directory the int8 path loads."""
+    from monitor.analysis.encoder import prepare_model
+
     return prepare_model(encoder_settings, variant="int8")
 
 
 @pytest.fixture(scope="session")
 def encoder_fp32(encoder_settings: Settings, encoder_dir: Path) -> Iterator[Encoder]:
     """The converted model as is, loaded once per session."""
+    from monitor.analysis.encoder import load_encoder
+
     encoder = load_encoder(encoder_settings.model_copy(update={"model_variant": "fp32"}))
     yield encoder
     encoder.close()
@@ -132,6 +144,8 @@ def encoder_fp32(encoder_settings: Settings, encoder_dir: Path) -> Iterator[Enco
 @pytest.fixture(scope="session")
 def encoder_int8(encoder_settings: Settings, trimmed_dir: Path) -> Iterator[Encoder]:
     """The optimised path (trimmed vocabulary, int8 embedding and Linears), once per session."""
+    from monitor.analysis.encoder import load_encoder
+
     encoder = load_encoder(encoder_settings)  # the default variant is the optimised one
     yield encoder
     encoder.close()

@@ -8,7 +8,6 @@ import codecs
 import gzip
 import html
 import ipaddress
-import socket
 import threading
 import time
 import zlib
@@ -39,7 +38,7 @@ from monitor.settings import Settings
 from monitor.state.sqlite import SQLiteStore
 from monitor.stories import Firing, StoryBook
 from tests.channels.conftest import EmailCfg, SlackCfg
-from tests.servers import LoopbackHTTPServer, Reply
+from tests.servers import LoopbackHTTPServer, Reply, Trap
 from tests.stack import ROOT
 
 ARABIC = "هجوم بطائرات مسيرة على قاعدة عين الأسد الجوية غرب العراق"
@@ -395,33 +394,6 @@ async def test_gzip_bomb_memory_stays_bounded(http_server: LoopbackHTTPServer) -
             await fetcher.fetch("bomb", http_server.url("/bomb"))
         grown = vm_hwm_mb() - before
     assert grown < 64, f"peak RSS grew {grown:.0f} MB"
-
-
-class Trap:
-    """A listener that counts every connection it gets."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_server((host, 0))
-        self.sock.settimeout(0.05)
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 @pytest.fixture

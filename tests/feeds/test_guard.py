@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,36 +12,9 @@ from monitor.feeds import guard
 from monitor.feeds.fetch import Fetcher
 from monitor.feeds.guard import blocked_reason, check_url, redact_url
 from monitor.settings import Settings
-from tests.servers import LoopbackHTTPServer, Reply
+from tests.servers import LoopbackHTTPServer, Reply, Trap
 
 GUARDED = Settings(allow_private_networks=False)  # conftest turns the setting on by default
-
-
-class Trap:
-    """A listener on 127.0.0.1 that counts every connection it receives."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 @pytest.fixture
