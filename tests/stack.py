@@ -25,6 +25,13 @@ from tests.servers import LoopbackHTTPServer, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
 FOUNDING = (ROOT / "seeds" / "founding-article.txt").read_text(encoding="utf-8").strip()
+# Two escalation stories in different regions and signals (never grouped), for daemon tests.
+STRIKE = ("tyre-1", "Israeli air strikes hit Hezbollah positions near Tyre in southern Lebanon",
+          "Israeli warplanes struck Hezbollah positions near the city of Tyre in southern "
+          "Lebanon overnight, the army said, as cross-border fire intensified.")
+TANKER = ("hodeidah-1", "Houthi missile strikes tanker in the Red Sea off Hodeidah",
+          "A Houthi anti-ship missile hit a commercial tanker in the Red Sea off the Yemeni "
+          "port of Hodeidah, setting it ablaze, maritime security officials said.")
 MODEL_CACHE = os.environ.get("SPILLOVER_MODEL_CACHE", str(ROOT / ".cache" / "models"))
 
 

@@ -15,16 +15,10 @@ import yaml
 
 from tests.conftest import RedisServer, free_port
 from tests.servers import Reply
-from tests.stack import Stack, make_stack, rss, wait_for
+from tests.stack import STRIKE, TANKER, Stack, make_stack, rss, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-STRIKE = ("tyre-1", "Israeli air strikes hit Hezbollah positions near Tyre in southern Lebanon",
-          "Israeli warplanes struck Hezbollah positions near the city of Tyre in southern "
-          "Lebanon overnight, the army said, as cross-border fire intensified.")
-TANKER = ("hodeidah-1", "Houthi missile strikes tanker in the Red Sea off Hodeidah",
-          "A Houthi anti-ship missile hit a commercial tanker in the Red Sea off the Yemeni "
-          "port of Hodeidah, setting it ablaze, maritime security officials said.")
 QUIET = ("bank-1", "Central bank keeps interest rates unchanged as inflation eases",
          "The central bank left its main rate on hold on Tuesday, citing slowing inflation.")
 

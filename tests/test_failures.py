@@ -27,6 +27,7 @@ from monitor.models import Alert, DeliveryStatus
 from monitor.render import Renderer, sample_alert
 from monitor.state.sqlite import SQLiteStore
 from tests.channels.conftest import EmailCfg, Recorder, SlackCfg
+from tests.clock import ManualClock
 from tests.conftest import RedisServer, free_port
 from tests.servers import LoopbackHTTPServer, Reply
 from tests.stack import ROOT, Stack, make_stack, rss, wait_for
@@ -221,19 +222,6 @@ async def test_alert_that_always_fails_is_dead_lettered_and_the_operator_told(
     assert "XyZsEcReTtOkEn42" not in everything and "T0SECRET1" not in everything
 
 
-class JumpClock:
-    """Wall time that moves only when told; monotonic time is real."""
-
-    def __init__(self) -> None:
-        self.at = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.at
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-
 class FlakyChannel:
     """A core fake: fails with 429 (retry after 2 minutes) the first time, then accepts."""
 
@@ -256,7 +244,7 @@ class FlakyChannel:
         pass
 
 
-async def dispatcher_on_sqlite(tmp_path: Path, clock: JumpClock
+async def dispatcher_on_sqlite(tmp_path: Path, clock: ManualClock
                                ) -> tuple[Dispatcher, FlakyChannel, SQLiteStore]:
     store = SQLiteStore(tmp_path / "state.sqlite3")
     await store.open()
@@ -267,7 +255,7 @@ async def dispatcher_on_sqlite(tmp_path: Path, clock: JumpClock
 async def test_clock_jumping_forward_an_hour_sends_what_is_due(tmp_path: Path) -> None:
     """After the wall clock leaps an hour ahead, a retry due in two minutes goes out once and a
     new alert is sent at once."""
-    clock = JumpClock()
+    clock = ManualClock()
     dispatcher, channel, store = await dispatcher_on_sqlite(tmp_path, clock)
     try:
         await dispatcher.submit(sample_alert(), ["slack"])
@@ -286,7 +274,7 @@ async def test_clock_jumping_forward_an_hour_sends_what_is_due(tmp_path: Path) -
 
 async def test_clock_jumping_back_an_hour_does_not_hold_alerts(tmp_path: Path) -> None:
     """An alert queued just before the wall clock steps back an hour is still sent at once."""
-    clock = JumpClock()
+    clock = ManualClock()
     dispatcher, channel, store = await dispatcher_on_sqlite(tmp_path, clock)
     channel.calls = 1  # no scripted failure: accept at once
     try:

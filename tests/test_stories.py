@@ -7,7 +7,6 @@ the real encoder across English and Arabic is pinned end to end in tests/test_ap
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,21 +17,9 @@ import pytest
 from monitor.models import Article, Severity, SignalScore
 from monitor.state.sqlite import SQLiteStore
 from monitor.stories import Firing, StoryBook, severity_of
+from tests.clock import ManualClock
 
 DIM = 8
-
-
-class StepClock:
-    """Wall time that moves only when told (starting at the real now: the store prunes by age)."""
-
-    def __init__(self) -> None:
-        self.at = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.at
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 def unit(*components: float) -> list[float]:
@@ -74,13 +61,13 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 @pytest.fixture
-def clock() -> StepClock:
+def clock() -> ManualClock:
     """A clock the test moves."""
-    return StepClock()
+    return ManualClock()
 
 
 @pytest.fixture
-def book(store: SQLiteStore, clock: StepClock) -> StoryBook:
+def book(store: SQLiteStore, clock: ManualClock) -> StoryBook:
     """A StoryBook on the store with the shipped window and similarity."""
     return StoryBook(store, clock)
 
@@ -133,7 +120,7 @@ async def test_different_stories_are_not_grouped(
 
 
 async def test_a_story_older_than_the_window_starts_a_new_alert(
-        book: StoryBook, clock: StepClock) -> None:
+        book: StoryBook, clock: ManualClock) -> None:
     """Grouping looks back 24 hours: the same story a day and more later is a new alert."""
     first = await book.consider(firing("wire-1", "wire"))
     clock.at += timedelta(hours=25)
