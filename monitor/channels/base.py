@@ -36,7 +36,7 @@ class Channel(Protocol):
         ...
 
 
-# The config shapes (pydantic models in monitor/config.py) as read-only protocols.
+# The config shapes (pydantic models in monitor/config/) as read-only protocols.
 
 
 class ChannelConfig(Protocol):
