@@ -20,6 +20,10 @@ class Store(Protocol):
     - the outbox is keyed by ``Delivery.id`` (idempotency key): putting the same id
       twice keeps one entry; ``outbox_due`` returns due PENDING entries and leases
       them to the caller for ``lease`` seconds so replicas never send in parallel.
+      ``now`` decides what is due; the lease runs in real seconds (on Redis, by the
+      server's clock, so replicas with skewed clocks still agree).
+    - a failed attempt counts once, whether ``outbox_retry`` reschedules it or
+      ``outbox_dead`` gives up on it.
     - seen ids expire after the retention window given to ``admit_articles``.
     """
 
@@ -108,6 +112,10 @@ class Store(Protocol):
         """Due PENDING deliveries, leased to ``owner`` for ``lease`` seconds."""
         ...
 
+    async def outbox_release(self, owner: str) -> int:
+        """At start-up: make deliveries a previous life of ``owner`` leased due to anyone now."""
+        ...
+
     async def outbox_done(self, delivery_id: str) -> None:
         """Record a delivery as sent (kept for idempotency, then pruned)."""
         ...
@@ -117,7 +125,7 @@ class Store(Protocol):
         ...
 
     async def outbox_dead(self, delivery_id: str, error: str) -> None:
-        """Move a delivery to the dead-letter list."""
+        """Count the failed attempt and move a pending delivery to the dead-letter list."""
         ...
 
     async def outbox_list(self, status: str | None = None) -> list[Delivery]:

@@ -1,4 +1,4 @@
-"""The Redis back-end, shared by replicas: Lua-atomic admits, a stream queue, a leased outbox.
+"""The Redis back-end, shared by replicas: Lua-atomic admits, stream queues for articles and alerts.
 
 Keys (all under the prefix, ``spillover:`` by default)::
 
@@ -10,10 +10,20 @@ Keys (all under the prefix, ``spillover:`` by default)::
     cooldown:<key>           string, PX ttl
     alerts / alerts:data     zset id -> created (epoch s) / hash id -> {alert, embedding} JSON
     outbox:items             hash id -> Delivery JSON as put (never rewritten)
-    outbox:state             hash id -> {status, attempts, next_at ms, last_error, owner,
-                             lease_until ms} (small: Lua's cjson rewrites it safely)
-    outbox:due               zset of pending ids scored by max(next attempt, lease end), in ms
-    outbox:dead / outbox:done   set of dead ids / zset id -> done time (pruned after 7 days)
+    outbox:state             hash id -> {status, attempts, next_at ms, last_error, entry}
+                             (small: Lua's cjson rewrites it safely); ``entry`` is the id's
+                             one live entry in outbox:ready, "" when it has none
+    outbox:due               zset of pending ids not yet handed out, scored by next attempt (ms)
+    outbox:ready             stream of due deliveries (field id), consumer group "spillover":
+                             the pending entries list is the lease, XAUTOCLAIM takes a dead
+                             consumer's entries once idle past the lease, XACK+XDEL ends them
+    outbox:dead              stream of dead-lettered deliveries (id, attempts[, deliveries],
+                             error); capped at DEAD_LETTER_MAXLEN; status lives in outbox:state
+    outbox:done              zset id -> done time (pruned after 7 days)
+
+A pending id is in exactly one of outbox:due (waiting for its time) or outbox:ready (due,
+handed out or about to be). Leases are measured by the Redis server's clock (entry idle
+time), so replicas whose clocks disagree still never send in parallel.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ log = structlog.get_logger(__name__)
 
 GROUP = "spillover"
 DEAD_LETTER_MAXLEN = 10_000
+MOVE_PER_CALL = 500  # due ids moved from the zset to the stream per outbox_due (bounds the script)
 MIN_VERSION = (7, 0)  # script shebangs (OOM checked before a script runs)
 
 
@@ -132,6 +143,7 @@ class RedisStore:
         for name in ("ADMIT", "CLAIM", "RELEASE", "OUTBOX_PUT", "OUTBOX_DUE", "OUTBOX_MOVE",
                      "LEASE_ACQUIRE", "LEASE_RELEASE", "SAVE_ALERT"):
             self._scripts[name] = client.register_script(getattr(lua, name))
+        await self._migrate()
         log.info("state_opened", backend="redis", url=self.where)
 
     async def _check(self, client: Redis) -> None:
@@ -157,6 +169,14 @@ class RedisStore:
         if config.get("appendonly") != "yes" and not config.get("save"):
             log.warning("redis_not_persistent", url=self.where,
                         hint="enable appendonly or save points, or a restart forgets all state")
+
+    async def _migrate(self) -> None:
+        """Drop an older outbox's set of dead ids (a copy of outbox:state) from the stream's key."""
+        dead = self._key("outbox", "dead")
+        with self._io("checking the outbox layout"):
+            if await self._redis.type(dead) == "set":
+                await self._redis.delete(dead)
+                log.info("outbox_dead_set_migrated", key=dead)
 
     async def close(self) -> None:
         """Close the connection pool; safe to call twice."""
@@ -294,8 +314,8 @@ class RedisStore:
 
     # the outbox
 
-    def _outbox_keys(self) -> list[str]:
-        return [self._key("outbox", part) for part in ("items", "state", "due", "dead", "done")]
+    def _outbox_keys(self, *parts: str) -> list[str]:
+        return [self._key("outbox", part) for part in parts]
 
     async def outbox_put(self, deliveries: Sequence[Delivery]) -> int:
         """Add deliveries whose id is new (HSETNX); return how many were."""
@@ -305,27 +325,38 @@ class RedisStore:
         args: list[Any] = [_ms(now), _ms(now - KEEP_DONE)]
         for d in deliveries:
             state = {"status": d.status.value, "attempts": d.attempts,
-                     "next_at": _epoch_ms(d.next_at), "last_error": d.last_error,
-                     "owner": "", "lease_until": 0}
+                     "next_at": _epoch_ms(d.next_at), "last_error": d.last_error, "entry": ""}
             args += [d.id, d.model_dump_json(), json.dumps(state), d.status.value,
                      _epoch_ms(d.next_at)]
-        return int(await self._run("OUTBOX_PUT", self._outbox_keys(), args))
+        keys = self._outbox_keys("items", "state", "due", "done")
+        return int(await self._run("OUTBOX_PUT", keys, args))
 
     async def outbox_due(
         self, now: datetime, owner: str, count: int, lease: float = 60.0
     ) -> list[Delivery]:
-        """Lease up to ``count`` due pending deliveries to ``owner``, atomically."""
+        """Hand up to ``count`` due pending deliveries to consumer ``owner``, atomically.
+
+        Entries another consumer has held for ``lease`` seconds without an ack are taken over;
+        one handed out MAX_DELIVERIES times without an ack is dead-lettered instead.
+        """
         if count <= 0:
             return []
-        at = _epoch_ms(now)
-        flat = await self._run("OUTBOX_DUE", self._outbox_keys()[:3],
-                               [at, at + _ms(lease), count, owner])
+        keys = self._outbox_keys("items", "state", "due", "ready", "dead")
+        args = [GROUP, owner, _epoch_ms(now), _ms(lease), count, MAX_DELIVERIES,
+                DEAD_LETTER_MAXLEN, MOVE_PER_CALL]
+        flat = await self._run("OUTBOX_DUE", keys, args)
         return [_delivery(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def outbox_release(self, owner: str) -> int:
+        """At start-up: make deliveries a previous life of ``owner`` held due to anyone now."""
+        return int(await self._run("RELEASE", self._outbox_keys("ready"), [GROUP, owner]))
 
     async def _move(self, op: str, delivery_id: str, next_at: int = 0, error: str = "") -> bool:
         now = time.time()
-        args = [op, delivery_id, _ms(now), next_at, error, _ms(now - KEEP_DONE)]
-        return bool(await self._run("OUTBOX_MOVE", self._outbox_keys(), args))
+        keys = self._outbox_keys("items", "state", "due", "ready", "dead", "done")
+        args = [GROUP, op, delivery_id, _ms(now), next_at, error, _ms(now - KEEP_DONE),
+                DEAD_LETTER_MAXLEN]
+        return bool(await self._run("OUTBOX_MOVE", keys, args))
 
     async def outbox_done(self, delivery_id: str) -> None:
         """Mark sent; the id is kept a week so the same delivery is not put again."""
@@ -336,22 +367,34 @@ class RedisStore:
         await self._move("retry", delivery_id, _epoch_ms(next_at), error)
 
     async def outbox_dead(self, delivery_id: str, error: str) -> None:
-        """Dead-letter a pending delivery (a done one stays done)."""
+        """Count the failed attempt and dead-letter a pending delivery (done stays done)."""
         await self._move("dead", delivery_id, error=error)
+
+    async def dead_deliveries(self) -> list[dict[str, str]]:
+        """The dead-letter stream's records (id, attempts, error[, deliveries]), oldest first."""
+        with self._io("reading dead deliveries"):
+            rows = cast(
+                list[tuple[str, dict[str, str]]],
+                await self._redis.xrange(self._key("outbox", "dead")),
+            )
+        return [fields for _, fields in rows]
 
     async def outbox_list(self, status: str | None = None) -> list[Delivery]:
         """Deliveries by next attempt time, optionally of one status."""
         wanted = None if status is None else outbox_status(status)
-        keys = self._outbox_keys()
+        items_key, state_key = self._outbox_keys("items", "state")
         with self._io("listing the outbox"):
-            states = await self._redis.hgetall(keys[1])
+            states = await self._redis.hgetall(state_key)
             ids = [str(i) for i, s in states.items()
                    if wanted is None or json.loads(s)["status"] == wanted]
-            items = await self._redis.hmget(keys[0], ids) if ids else []
+            items = await self._redis.hmget(items_key, ids) if ids else []
         found = [_delivery(str(item), str(states[i]))
                  for i, item in zip(ids, items, strict=True) if item]
         return sorted(found, key=lambda d: (d.next_at, d.id))
 
     async def outbox_requeue(self, delivery_id: str, now: datetime) -> bool:
-        """Make a dead or pending delivery due now with a fresh attempt count."""
+        """Make a dead or pending delivery due at ``now`` with a fresh attempt count.
+
+        Its live stream entry, if any, is dropped first: the id is listed once, in the zset.
+        """
         return await self._move("requeue", delivery_id, _epoch_ms(now))

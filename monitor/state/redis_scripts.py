@@ -94,11 +94,42 @@ local function prune_done(done, before)
 end
 """
 
-# KEYS items, state, due, dead, done
+# Shared by OUTBOX_DUE and OUTBOX_MOVE. KEYS[2] state hash, KEYS[4] ready stream; GROUP set
+# by the script. A state records the one stream entry (``entry``) that may deliver its id.
+_OUTBOX_STATE = """
+local function load(id)
+  local raw = redis.call('HGET', KEYS[2], id)
+  return raw and cjson.decode(raw)
+end
+local function save(id, state)
+  state.owner, state.lease_until = nil, nil  -- lease fields of the zset-only outbox
+  local raw = cjson.encode(state)
+  redis.call('HSET', KEYS[2], id, raw)
+  return raw
+end
+local function drop(entry)
+  redis.call('XACK', KEYS[4], GROUP, entry)
+  redis.call('XDEL', KEYS[4], entry)
+end
+-- take an id's live entry (if any) out of the stream: at most one live entry per id
+local function unlist(state)
+  if state.entry and state.entry ~= '' then drop(state.entry) end
+  state.entry = ''
+end
+local function field(entry, name)
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == name then return f[i + 1] end
+  end
+end
+"""
+
+# KEYS items, state, due, done
 # ARGV[1] now ms, ARGV[2] prune done before ms, then groups of id, delivery JSON, state JSON,
 # status, next_at ms. Returns how many ids were new (HSETNX: an existing id is left as is).
+# A pending delivery waits in the due zset, even if due now: OUTBOX_DUE moves it on.
 OUTBOX_PUT = "#!lua\n" + _PRUNE_DONE + """
-prune_done(KEYS[5], ARGV[2])
+prune_done(KEYS[4], ARGV[2])
 local added = 0
 for i = 3, #ARGV, 5 do
   local id = ARGV[i]
@@ -106,70 +137,119 @@ for i = 3, #ARGV, 5 do
     redis.call('HSET', KEYS[2], id, ARGV[i + 2])
     local status = ARGV[i + 3]
     if status == 'pending' then redis.call('ZADD', KEYS[3], ARGV[i + 4], id)
-    elseif status == 'dead' then redis.call('SADD', KEYS[4], id)
-    else redis.call('ZADD', KEYS[5], ARGV[1], id) end
+    elseif status == 'done' then redis.call('ZADD', KEYS[4], ARGV[1], id) end
     added = added + 1
   end
 end
 return added
 """
 
-# KEYS items, state, due. ARGV now ms, lease until ms, count, owner.
-# The due zset scores a pending id by max(next attempt, lease end), so "score <= now" is
-# exactly "due and not leased": the lease is taken by moving the score to the lease end.
+# KEYS items, state, due, ready stream, dead-letter stream
+# ARGV group, owner, now ms, lease ms, count, max deliveries, dead-letter max length,
+# most ids to move from the zset per call.
+# 1. ids due by ``now`` move from the zset to the stream (entry id kept in the state);
+# 2. entries idle past the lease and handed out max times are dead-lettered (the sender
+#    crashed on each); 3. the other idle ones (a dead consumer's) are XAUTOCLAIMed by owner;
+# 4. XREADGROUP reads new entries for the rest of ``count``. An entry that is no longer its
+# id's live entry (done, dead, requeued since) is acked and dropped.
 # Returns pairs: delivery JSON, state JSON.
-OUTBOX_DUE = """#!lua
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
-  local raw, item = redis.call('HGET', KEYS[2], id), redis.call('HGET', KEYS[1], id)
-  local state = raw and cjson.decode(raw)
-  if item and state and state.status == 'pending' then
-    state.owner, state.lease_until = ARGV[4], tonumber(ARGV[2])
-    raw = cjson.encode(state)
-    redis.call('HSET', KEYS[2], id, raw)
-    redis.call('ZADD', KEYS[3], ARGV[2], id)
-    out[#out + 1] = item
-    out[#out + 1] = raw
+OUTBOX_DUE = "#!lua\nlocal GROUP = ARGV[1]\n" + _OUTBOX_STATE + """
+local owner, now, idle, count = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local max, maxlen = tonumber(ARGV[6]), ARGV[7]
+redis.pcall('XGROUP', 'CREATE', KEYS[4], GROUP, '0', 'MKSTREAM')
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, ARGV[8])) do
+  redis.call('ZREM', KEYS[3], id)
+  local state = load(id)
+  if state and state.status == 'pending' then
+    unlist(state)
+    state.entry = redis.call('XADD', KEYS[4], '*', 'id', id)
+    save(id, state)
+  end
+end
+local stale = 0
+for _, p in ipairs(redis.call('XPENDING', KEYS[4], GROUP, 'IDLE', idle, '-', '+', count)) do
+  if p[4] >= max then
+    local e = redis.call('XRANGE', KEYS[4], p[1], p[1])[1]
+    local id = e and field(e, 'id')
+    local state = id and load(id)
+    if state and state.status == 'pending' and state.entry == p[1] then
+      local err = 'delivered ' .. p[4] .. ' times without an ack (sender crashed each time?)'
+      state.status, state.attempts, state.last_error = 'dead', state.attempts + p[4], err
+      state.entry = ''
+      save(id, state)
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'id', id, 'deliveries', p[4],
+        'attempts', state.attempts, 'error', err)
+    end
+    drop(p[1])
   else
-    redis.call('ZREM', KEYS[3], id)
+    stale = stale + 1
+  end
+end
+local got = {}
+if stale > 0 then
+  local claimed = redis.call('XAUTOCLAIM', KEYS[4], GROUP, owner, idle, '0-0', 'COUNT', stale)
+  for _, e in ipairs(claimed[2]) do
+    if type(e) == 'table' and e[2] then got[#got + 1] = e end
+  end
+end
+if #got < count then
+  local fresh = redis.call('XREADGROUP', 'GROUP', GROUP, owner, 'COUNT', count - #got,
+    'STREAMS', KEYS[4], '>')
+  if fresh then
+    for _, e in ipairs(fresh[1][2]) do got[#got + 1] = e end
+  end
+end
+local out = {}
+for _, e in ipairs(got) do
+  local id = field(e, 'id')
+  local state = id and load(id)
+  local item = id and redis.call('HGET', KEYS[1], id)
+  if item and state and state.status == 'pending' and state.entry == e[1] then
+    out[#out + 1] = item
+    out[#out + 1] = cjson.encode(state)
+  else
+    drop(e[1])
   end
 end
 return out
 """
 
-# KEYS items, state, due, dead, done
-# ARGV op ('done' | 'retry' | 'dead' | 'requeue'), id, now ms, next_at ms, error,
-# prune done before ms. Returns 1 if the entry changed. Done is final: nothing undoes it.
-OUTBOX_MOVE = "#!lua\n" + _PRUNE_DONE + """
-local op, id = ARGV[1], ARGV[2]
-local raw = redis.call('HGET', KEYS[2], id)
-if not raw then return 0 end
-local state = cjson.decode(raw)
+# KEYS items, state, due, ready stream, dead-letter stream, done
+# ARGV group, op ('done' | 'retry' | 'dead' | 'requeue'), id, now ms, next_at ms, error,
+# prune done before ms, dead-letter max length. Every op first takes the id's live stream
+# entry out (XACK + XDEL) and the id out of the due zset, so an id is never listed twice.
+# Returns 1 if the entry changed. Done is final: nothing undoes it; dead is undone by requeue.
+OUTBOX_MOVE = "#!lua\nlocal GROUP = ARGV[1]\n" + _PRUNE_DONE + _OUTBOX_STATE + """
+local op, id = ARGV[2], ARGV[3]
+local state = load(id)
+if not state then return 0 end
 if op == 'done' then
   state.status = 'done'
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('SREM', KEYS[4], id)
-  redis.call('ZADD', KEYS[5], ARGV[3], id)
-  prune_done(KEYS[5], ARGV[6])
+  redis.call('ZADD', KEYS[6], ARGV[4], id)
+  prune_done(KEYS[6], ARGV[7])
 elseif state.status == 'done' then
   return 0
-elseif op == 'retry' then
+elseif op == 'retry' or op == 'dead' then
   if state.status ~= 'pending' then return 0 end
-  state.attempts, state.next_at, state.last_error = state.attempts + 1, tonumber(ARGV[4]), ARGV[5]
-  redis.call('ZADD', KEYS[3], ARGV[4], id)
-elseif op == 'dead' then
-  state.status, state.last_error = 'dead', ARGV[5]
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('SADD', KEYS[4], id)
+  -- the attempt that just failed counts, whether it is retried or dead-lettered
+  state.attempts, state.last_error = state.attempts + 1, ARGV[6]
+  if op == 'retry' then
+    state.next_at = tonumber(ARGV[5])
+    redis.call('ZADD', KEYS[3], ARGV[5], id)
+  else
+    state.status = 'dead'
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'id', id,
+      'attempts', state.attempts, 'error', ARGV[6])
+  end
 elseif op == 'requeue' then
-  state.status, state.attempts, state.next_at = 'pending', 0, tonumber(ARGV[4])
-  redis.call('SREM', KEYS[4], id)
-  redis.call('ZADD', KEYS[3], ARGV[4], id)
+  state.status, state.attempts, state.next_at = 'pending', 0, tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[3], ARGV[5], id)
 else
   return redis.error_reply('unknown outbox op ' .. op)
 end
-state.owner, state.lease_until = '', 0
-redis.call('HSET', KEYS[2], id, cjson.encode(state))
+if op ~= 'retry' and op ~= 'requeue' then redis.call('ZREM', KEYS[3], id) end
+unlist(state)
+save(id, state)
 return 1
 """
 

@@ -419,11 +419,19 @@ class SQLiteStore:
             (_ts(next_at), error, delivery_id),
         )
 
+    async def outbox_release(self, owner: str) -> int:
+        """Free the leases a previous life of ``owner`` held; return how many."""
+        return await self._change(
+            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL "
+            "WHERE lease_owner = ? AND status = 'pending'", (owner,),
+        )
+
     async def outbox_dead(self, delivery_id: str, error: str) -> None:
-        """Dead-letter a pending delivery (a done one stays done)."""
+        """Count the failed attempt and dead-letter a pending delivery (done stays done)."""
         await self._change(
-            "UPDATE outbox SET status = 'dead', last_error = ?, lease_owner = NULL, "
-            "lease_until = NULL WHERE id = ? AND status != 'done'", (error, delivery_id),
+            "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, "
+            "lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = 'pending'",
+            (error, delivery_id),
         )
 
     async def outbox_list(self, status: str | None = None) -> list[Delivery]:

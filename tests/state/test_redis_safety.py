@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 import tests.conftest
 from monitor.errors import StoreError, StoreUnavailableError
 from monitor.logs import mask_url
-from monitor.models import Article
+from monitor.models import Alert, Article, Delivery, Severity
 from monitor.state.redis import RedisStore
 from tests.conftest import RedisServer, free_port
 
@@ -27,6 +27,13 @@ DAY = 86400.0
 def article(n: int) -> Article:
     return Article(id=f"a{n}", feed="bbc-arabic", feed_url="https://example.org/ar.xml",
                    title=f"توتر على الحدود {n}", fetched=datetime(2025, 3, 1, tzinfo=UTC))
+
+
+def delivery(n: int) -> Delivery:
+    a = Alert(id=f"story-{n}", version=1, watchlist="levant", severity=Severity.CRITICAL,
+              title=f"غارة {n}", created=datetime(2025, 3, 1, tzinfo=UTC), score=0.9)
+    return Delivery(id=f"{a.id}:slack", alert=a, channel="slack", recipient="",
+                    next_at=datetime(2025, 3, 1, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -144,4 +151,30 @@ async def test_hung_server_times_out(start_redis: Callable[..., RedisServer]) ->
         assert [a for _, a in await store.claim_articles("w", 5)] == [article(1)]
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
+        await store.close()
+
+
+async def test_outbox_after_restart_without_data(
+    start_redis: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarted empty mid-send: the sender's late ack is a no-op, and the outbox's
+    stream and consumer group are recreated by the next outbox_due."""
+    server = start_redis()
+    store = RedisStore(server.url, timeout=1)
+    await store.open()
+    try:
+        await store.outbox_put([delivery(1)])
+        [sent] = await store.outbox_due(datetime.now(UTC), "r1", 5)
+        assert sent.id == "story-1:slack"
+        server.proc.kill()
+        server.proc.wait()
+        with pytest.raises(StoreUnavailableError):
+            await store.outbox_due(datetime.now(UTC), "r1", 5)
+        monkeypatch.setattr(tests.conftest, "free_port", lambda: server.port)
+        start_redis()
+        await store.outbox_done("story-1:slack")
+        await store.outbox_put([delivery(2)])
+        [fresh] = await store.outbox_due(datetime.now(UTC), "r1", 5)
+        assert fresh.id == "story-2:slack"
+    finally:
         await store.close()

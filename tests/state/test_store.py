@@ -248,16 +248,31 @@ async def test_outbox_put_is_idempotent(store: AnyStore) -> None:
 
 
 async def test_outbox_due_leases_each_delivery_to_one_owner(store: AnyStore) -> None:
-    """Due deliveries are leased to one owner; others get them only after the lease ends."""
+    """Due deliveries are leased to one owner; others get them only once the lease (real
+    seconds, the same for every caller) has run out, and a future delivery is not handed out."""
+    now = datetime.now(UTC)
     due = [delivery(n) for n in range(4)]
-    later = delivery(9, next_at=NOW + timedelta(minutes=5))
+    later = delivery(9, next_at=now + timedelta(minutes=5))
     await store.outbox_put([*due, later])
-    got = await store.outbox_due(NOW, "r1", count=10, lease=60)
+    got = await store.outbox_due(now, "r1", count=10, lease=0.3)
     assert sorted(d.id for d in got) == sorted(d.id for d in due)
-    assert await store.outbox_due(NOW + timedelta(seconds=30), "r2", count=10, lease=60) == []
-    after = await store.outbox_due(NOW + timedelta(seconds=61), "r2", count=10, lease=600)
+    assert await store.outbox_due(now, "r2", count=10, lease=0.3) == []
+    await asyncio.sleep(0.4)
+    after = await store.outbox_due(datetime.now(UTC), "r2", count=10, lease=0.3)
     assert sorted(d.id for d in after) == sorted(d.id for d in due)
-    assert await store.outbox_due(NOW + timedelta(minutes=5), "r3", count=10) == [later]
+    assert await store.outbox_due(datetime.now(UTC), "r1", count=10, lease=0.3) == []
+
+
+async def test_outbox_release_frees_a_restarted_owners_leases(store: AnyStore) -> None:
+    """After outbox_release a restarted owner's leased deliveries are due to anyone at once,
+    while another owner's leases stay untouched."""
+    await store.outbox_put([delivery(n) for n in range(3)])
+    mine = await store.outbox_due(NOW, "r1", count=2)
+    theirs = await store.outbox_due(NOW, "r2", count=1)
+    assert await store.outbox_release("r1") == 2
+    again = await store.outbox_due(NOW, "r3", count=5)
+    assert sorted(d.id for d in again) == sorted(d.id for d in mine)
+    assert not {d.id for d in theirs} & {d.id for d in again}
 
 
 async def test_outbox_due_concurrent_owners_never_overlap(make_store: StoreFactory) -> None:
@@ -297,15 +312,30 @@ async def test_outbox_dead_letter_and_requeue(store: AnyStore) -> None:
     await store.outbox_put([d])
     await store.outbox_retry(d.id, NOW, "timeout")
     await store.outbox_dead(d.id, "550 no such user")
+    await store.outbox_dead(d.id, "dead twice")
     [dead] = await store.outbox_list("dead")
     assert (dead.id, dead.status) == (d.id, DeliveryStatus.DEAD)
-    assert dead.last_error == "550 no such user"
+    assert (dead.attempts, dead.last_error) == (2, "550 no such user")
     assert await store.outbox_due(NOW + timedelta(days=1), "r1", count=5) == []
     later = NOW + timedelta(hours=1)
     assert await store.outbox_requeue(d.id, later)
     assert not await store.outbox_requeue("no-such-id", later)
     [back] = await store.outbox_due(later, "r1", count=5)
     assert (back.status, back.attempts, back.next_at) == (DeliveryStatus.PENDING, 0, later)
+
+
+async def test_outbox_dead_counts_the_failed_attempt(store: AnyStore) -> None:
+    """The attempt that made a delivery dead counts, as a retried one does: one failed
+    attempt is one attempt, two are two."""
+    first, second = delivery(1), delivery(2)
+    await store.outbox_put([first, second])
+    await store.outbox_due(NOW, "r1", count=2)
+    await store.outbox_dead(first.id, "550 no such user")
+    await store.outbox_retry(second.id, NOW, "451 try later")
+    await store.outbox_due(NOW, "r1", count=2)
+    await store.outbox_dead(second.id, "gave up after 2 attempts: 451 try later")
+    attempts = {d.id: d.attempts for d in await store.outbox_list("dead")}
+    assert attempts == {first.id: 1, second.id: 2}
 
 
 async def test_outbox_done_is_final(store: AnyStore) -> None:
