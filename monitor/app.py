@@ -21,6 +21,7 @@ from monitor.analysis.encoder import load_encoder
 from monitor.analysis.match import Matcher
 from monitor.analyze import Analyzer, Judge
 from monitor.channels import build_channel
+from monitor.channels.base import Channel
 from monitor.clock import Clock, SystemClock
 from monitor.config import Config, load_config
 from monitor.dispatch import Dispatcher
@@ -41,6 +42,9 @@ log = structlog.get_logger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0  # outbox gauges, dead-letter notices; watchdog pings at least this often
 NOTICE_MEMORY = 7 * 24 * 3600.0  # a dead letter is told to the operator once a week at most
+# A channel replaced by a reload is closed this much later: longer than any send may take
+# (Slack timeout <= 120 s, SMTP <= 300 s), so a send in flight finishes on the old one.
+RETIRE_SECONDS = 330.0
 
 
 def replica_name(settings: Settings) -> str:
@@ -77,6 +81,7 @@ class Runtime:
         self.stop = asyncio.Event()
         self._judge: Judge | None = None
         self.reload_problem = ""
+        self._retired: list[tuple[float, Channel]] = []
 
     async def open(self, stack: AsyncExitStack) -> None:
         """Open state, health, HTTP, parser pool, model, channels: in that order."""
@@ -99,15 +104,17 @@ class Runtime:
         self.classifier = Classifier(encoder, self.config.signals, Head.load(default_head_path()))
         self._judge = Judge(self.classifier, Matcher(self.config), self.config)
         self._ready("model", True)
-        self.channels = {c.name: build_channel(c, self.renderer)
-                         for c in self.config.enabled_channels()}
-        for ch in self.channels.values():
-            stack.push_async_callback(ch.close)
+        self.channels: dict[str, Channel] = {c.name: build_channel(c, self.renderer)
+                                              for c in self.config.enabled_channels()}
+        stack.push_async_callback(self._close_channels)
         self.dispatcher = Dispatcher(self.store, self.channels, clock=self.clock, owner=self.owner)
         self.poller = Poller(self.store, self.fetcher, self.parser, self.clock, self.owner)
         self.analyzer = Analyzer(self.store, self.judge, StoryBook(self.store, self.clock),
                                  self.dispatcher, self.owner)
         await self.analyzer.recover()
+        released = await self.store.outbox_release(self.owner)
+        if released:  # a previous life of this replica was sending these: retry them now
+            log.warning("outbox_recovered", deliveries=released, replica=self.owner)
         log.info("ready", replica=self.owner, feeds=len(self.config.feeds),
                  channels=sorted(self.channels), state=_state_kind(self.settings))
         operator = self.settings.operator_channel
@@ -173,6 +180,7 @@ class Runtime:
                 f"watch-lists {len(old.watchlists)} -> {len(config.watchlists)}; "
                 "restart to apply a change that drops most of them")
             return False
+        changed = self._swap_channels(config, renderer)
         self.config, self.renderer = config, renderer
         for channel in self.channels.values():
             channel.use_renderer(renderer)
@@ -181,8 +189,39 @@ class Runtime:
             Matcher(config), config)
         metrics.record_reload("ok")
         self.reload_problem = ""
-        log.info("config_reloaded", feeds=len(config.feeds), watchlists=len(config.watchlists))
+        log.info("config_reloaded", feeds=len(config.feeds), watchlists=len(config.watchlists),
+                 channels_changed=changed)
         return True
+
+    def _swap_channels(self, config: Config, renderer: Renderer) -> list[str]:
+        """Rebuild channels whose settings changed, in place (the dispatcher shares the dict).
+
+        A replaced or removed channel is retired, not closed: a send in flight finishes.
+        Returns the names of channels added, changed or removed.
+        """
+        before = {c.name: c for c in self.config.enabled_channels()}
+        after = {c.name: c for c in config.enabled_channels()}
+        changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+        fresh = {name: build_channel(after[name], renderer) for name in changed if name in after}
+        for name in changed:
+            old = self.channels.pop(name, None)
+            if old is not None:
+                self._retired.append((time.monotonic(), old))
+        self.channels.update(fresh)
+        return changed
+
+    async def close_retired(self, *, everything: bool = False) -> None:
+        """Close channels retired by a reload more than RETIRE_SECONDS ago (or all of them)."""
+        cutoff = time.monotonic() - (0.0 if everything else RETIRE_SECONDS)
+        due = [ch for at, ch in self._retired if everything or at <= cutoff]
+        self._retired = [(at, ch) for at, ch in self._retired if not (everything or at <= cutoff)]
+        for channel in due:
+            await channel.close()
+
+    async def _close_channels(self) -> None:
+        for channel in list(self.channels.values()):
+            await channel.close()
+        await self.close_retired(everything=True)
 
     async def tell_operator(self, title: str, text: str) -> None:
         """Send a plain notice to SPILLOVER_OPERATOR_CHANNEL, if set; never raises."""
@@ -283,6 +322,7 @@ async def _housekeeping(rt: Runtime) -> None:
         if watchdog:
             notify.notify_watchdog()
         try:
+            await rt.close_retired()
             await _publish_figures(rt)
         except MonitorError as exc:  # the store is down: the loops report it; keep pinging
             log.warning("housekeeping_failed", error=str(exc))

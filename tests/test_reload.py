@@ -16,6 +16,9 @@ from tests.stack import STRIKE, TANKER, Stack, make_stack, rss, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
+BASE_ATTACK = ("asad-1", "Drones attack US forces at Ain al-Asad air base in western Iraq",
+               "Several attack drones targeted the base housing US troops in Anbar province; "
+               "two were shot down, officials said.")
 QUIET = [(f"q-{i}", f"Trade fair opens in city number {i}",
           "Exhibitors showed farm machinery and textiles to visitors.") for i in range(4)]
 
@@ -106,6 +109,22 @@ def test_live_reload_applies_valid_edits_and_survives_broken_ones(stack: Stack,
                     and any("refused" in _body(m) for m in stack.emails()), 10)
     assert len(_events(stack, "config_reloaded")) == 2
     assert len(_subjects(stack, "Tyre")) == len(_subjects(stack, "Hodeidah")) == 1
+
+    # Channels reload too: a new webhook and the watch-list back on every channel.
+    feeds_yaml.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    _await_event(stack, "config_reloaded", 3, 5)
+    stack.http.routes["/hook/T000/B000/moved"] = Reply(200, b"ok")
+    channels_yaml = stack.config / "channels.yaml"
+    channels_yaml.write_text(channels_yaml.read_text(encoding="utf-8").replace(
+        "${SPILLOVER_SLACK_WEBHOOK_URL}", stack.http.url("/hook/T000/B000/moved")),
+        encoding="utf-8")
+    assert _await_event(stack, "config_reloaded", 4, 5)["channels_changed"] == ["slack"]
+    watchlist.write_text(good, encoding="utf-8")
+    _await_event(stack, "config_reloaded", 5, 5)
+    _serve(stack, "quiet1", [QUIET[1], BASE_ATTACK])
+    assert wait_for(lambda: any(r.path.endswith("/moved") for r in stack.http.requests), 45), (
+        stack.log_of(0)[-3000:])
+    assert "moved" not in stack.log_of(0), "the new webhook URL leaked into the log"
 
 
 def _body(msg: Any) -> str:

@@ -50,6 +50,21 @@ class _RedactSecrets(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.secrets: dict[str, str] = {}
+        self._holders: dict[str, int] = {}
+
+    def hold(self, secret: str, masked: str) -> None:
+        """Mask ``secret`` until every channel that holds it has let go."""
+        self.secrets[secret] = masked
+        self._holders[secret] = self._holders.get(secret, 0) + 1
+
+    def let_go(self, secret: str) -> None:
+        """One holder is done (a reload may still run a new channel on the same URL)."""
+        left = self._holders.get(secret, 0) - 1
+        if left > 0:
+            self._holders[secret] = left
+        else:
+            self._holders.pop(secret, None)
+            self.secrets.pop(secret, None)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -81,7 +96,8 @@ class SlackChannel:
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(cfg.timeout), follow_redirects=False, trust_env=False
         )
-        _REDACT.secrets[self._url] = self.masked_url
+        _REDACT.hold(self._url, self.masked_url)
+        self._closed = False
 
     def recipients(self) -> list[str]:
         """A webhook posts to one fixed Slack channel."""
@@ -130,6 +146,9 @@ class SlackChannel:
 
     async def close(self) -> None:
         """Close the HTTP client if this channel created it; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         if self._own_client:
             await self._client.aclose()
-        _REDACT.secrets.pop(self._url, None)
+        _REDACT.let_go(self._url)
