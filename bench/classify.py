@@ -1,10 +1,13 @@
-"""Classifier throughput, peak memory and realdev F1 for the fp32 and int8 encoder paths.
+"""Classifier throughput, peak memory and cross-validated realdev F1 for the fp32 and int8 paths.
 
 Usage: .venv/bin/python bench/classify.py [--data ../shared/data]
 
 Each variant runs in its own subprocess so its peak RSS is its own. Timing texts are the
-project's own examples (tests/data/escalation_en_ar.jsonl); F1 uses realdev.jsonl when the
-data folder exists (it is never copied into the repository).
+project's own examples (tests/data/escalation_en_ar.jsonl), scored by the daemon's Classifier
+with the shipped head; peak RSS is read right after timing (the classify path), before the F1
+part loads sklearn and holds datasets. F1 is cross-validated the same way for both variants
+(5 folds, no pool, like `python -m monitor.analysis.train --no-pool`): each variant embeds
+realdev.jsonl (never copied into the repository) and the own training rows with its encoder.
 """
 
 from __future__ import annotations
@@ -16,15 +19,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+LANGS = ("en", "ar", "all")
 
 
-def child(variant: str, data: Path) -> dict[str, object]:
-    """Measure one variant in this process and return its figures."""
+def peak_rss_mb() -> float:
+    """ru_maxrss of this process (KiB on Linux) in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timing(variant: str) -> tuple[Any, dict[str, float]]:
+    """Load the encoder and classifier, score the own examples at batch 1 and 32."""
     from monitor.analysis.classify import Classifier, Head
     from monitor.analysis.encoder import load_encoder
-    from monitor.analysis.train import OWN_DATA, evaluate, load_signals, read_jsonl, row_text
+    from monitor.analysis.train import OWN_DATA, load_signals, read_jsonl, row_text
     from monitor.settings import load_settings
 
     started = time.perf_counter()
@@ -42,15 +54,85 @@ def child(variant: str, data: Path) -> dict[str, object]:
     for i in range(0, len(texts), 32):
         clf.score(texts[i : i + 32], langs[i : i + 32])
     batch32 = len(texts) / (time.perf_counter() - started)
-    out: dict[str, object] = {"variant": variant, "load_s": load_s, "batch1": batch1,
-                              "batch32": batch32}
+    return encoder, {"load_s": load_s, "batch1": batch1, "batch32": batch32,
+                     "peak_rss_mb": peak_rss_mb()}
+
+
+def calibrated(calibration: dict[str, tuple[float, float]], logits: np.ndarray,
+               langs: np.ndarray) -> np.ndarray:
+    """Per-language Platt probabilities, as train.main applies its calibration."""
+    ab = np.array([calibration.get(str(lang), calibration["all"]) for lang in langs])
+    return np.asarray(1 / (1 + np.exp(-(ab[:, 0] * logits + ab[:, 1]))), dtype=np.float32)
+
+
+def cv_f1(encoder: Any, data: Path) -> dict[str, Any]:
+    """Cross-validated P/R/F1 per language on realdev with this encoder's embeddings."""
+    from monitor.analysis.classify import MAX_LENGTH, PREFIX
+    from monitor.analysis.train import (
+        OWN_DATA,
+        REGION_GATE,
+        Recipe,
+        _split_own,
+        calibrate,
+        choose_threshold,
+        cross_validate,
+        evaluate,
+        gate_factor,
+        make_dataset,
+        read_jsonl,
+        row_text,
+    )
+
+    def embed(rows: list[dict[str, Any]]) -> np.ndarray:
+        return np.asarray(encoder.embed([row_text(r) for r in rows], prefix=PREFIX,
+                                        max_length=MAX_LENGTH))
+
+    dev_rows, own_rows = read_jsonl(data / "realdev.jsonl"), read_jsonl(OWN_DATA)
+    dev = make_dataset(dev_rows, embed(dev_rows))
+    own, _held_out = _split_own(own_rows, embed(own_rows))
+    logits = cross_validate(dev, own, None, Recipe())
+    cv_p = calibrated(calibrate(logits, dev.y, dev.langs), logits, dev.langs)
+    cv_p = cv_p * gate_factor(dev, REGION_GATE)
+    threshold = choose_threshold(cv_p, dev.y, dev.langs)
+    report = evaluate(dev_rows, cv_p.tolist(), threshold)
+    return {"threshold": threshold, "groups": {k: report.groups[k] for k in LANGS}}
+
+
+def child(variant: str, data: Path) -> dict[str, Any]:
+    """Measure one variant in this process and return its figures."""
+    import structlog
+
+    structlog.configure(  # the train helpers log per fold; keep stdout for the JSON line
+        wrapper_class=structlog.make_filtering_bound_logger(40))
+    encoder, out = timing(variant)
+    result: dict[str, Any] = {"variant": variant, **out}
     if (data / "realdev.jsonl").exists():
-        dev = read_jsonl(data / "realdev.jsonl")
-        scored = clf.score([row_text(r) for r in dev], [str(r["lang"]) for r in dev])
-        report = evaluate(dev, [s.score for s in scored], clf.threshold)
-        out.update({f"f1_{k}": report.groups[k]["f1"] for k in ("en", "ar", "all")})
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
+        result["cv"] = cv_f1(encoder, data)
+        result["peak_rss_with_f1_mb"] = peak_rss_mb()
+    return result
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    """Speed/memory table, then CV P/R/F1 per language per variant and the int8 - fp32 gap."""
+    print(f"{'variant':8} {'load s':>7} {'b1 t/s':>7} {'b32 t/s':>8} {'peak RSS MB':>12}"
+          f" {'(+F1 part)':>11}")
+    for r in results:
+        print(f"{r['variant']:8} {r['load_s']:7.1f} {r['batch1']:7.1f} {r['batch32']:8.1f}"
+              f" {r['peak_rss_mb']:12.0f} {r.get('peak_rss_with_f1_mb', float('nan')):11.0f}")
+    if not all("cv" in r for r in results):
+        print("no realdev.jsonl under --data: F1 skipped")
+        return
+    print("\ncross-validated on realdev (5 folds, lang x label, no pool; threshold chosen per "
+          "variant as train.main does)")
+    print(f"{'variant':8} {'thr':>5} " + " ".join(f"{k + ' P/R/F1':>20}" for k in LANGS))
+    for r in results:
+        cells = " ".join(f"{g['precision']:6.3f}/{g['recall']:5.3f}/{g['f1']:5.3f}".rjust(20)
+                         for g in (r["cv"]["groups"][k] for k in LANGS))
+        print(f"{r['variant']:8} {r['cv']['threshold']:5.2f} {cells}")
+    by = {r["variant"]: r["cv"]["groups"] for r in results}
+    if {"fp32", "int8"} <= by.keys():
+        gaps = "  ".join(f"{k} {by['int8'][k]['f1'] - by['fp32'][k]['f1']:+.3f}" for k in LANGS)
+        print(f"F1 int8 - fp32: {gaps}")
 
 
 def main() -> int:
@@ -69,14 +151,7 @@ def main() -> int:
             capture_output=True, text=True, check=True, cwd=REPO,
         )
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print("note: F1 on realdev is in-sample for the shipped head (trained on it); CV F1 is"
-          " printed by `python -m monitor.analysis.train`")
-    print(f"{'variant':8} {'load s':>7} {'b1 t/s':>7} {'b32 t/s':>8} {'RSS MB':>7}"
-          f" {'F1 en':>6} {'F1 ar':>6}")
-    for r in results:
-        print(f"{r['variant']:8} {r['load_s']:7.1f} {r['batch1']:7.1f} {r['batch32']:8.1f}"
-              f" {r['peak_rss_mb']:7.0f} {r.get('f1_en', float('nan')):6.3f}"
-              f" {r.get('f1_ar', float('nan')):6.3f}")
+    print_table(results)
     return 0
 
 

