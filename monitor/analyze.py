@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from monitor import metrics
-from monitor.dispatch import Timing, digest_tag
 from monitor.faults import crash_point
 from monitor.models import Alert, Article, Verdict
 from monitor.stories import Firing, StoryBook
+from monitor.timing import Timing, digest_tag
 
 if TYPE_CHECKING:
     from monitor.analysis.classify import Classifier

@@ -21,10 +21,11 @@ from aiosmtpd.controller import Controller
 
 from monitor.channels.email import EmailChannel
 from monitor.config import QuietHours
-from monitor.dispatch import Dispatcher, Timing, combine, digest_due, quiet_end
+from monitor.dispatch import Dispatcher
 from monitor.models import Alert, DeliveryStatus, Severity, Source
 from monitor.render import Renderer
 from monitor.state.sqlite import SQLiteStore
+from monitor.timing import Timing, combine, digest_due, quiet_end
 from tests.channels.conftest import EmailCfg, Recorder
 from tests.conftest import free_port
 
