@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from monitor import app
+from monitor.channels import build_channel
+from monitor.config import Config, load_config
+from monitor.settings import load_settings
 from tests.servers import Reply
 from tests.stack import STRIKE, TANKER, Stack, make_stack, rss, wait_for
 
@@ -130,3 +136,47 @@ def test_live_reload_applies_valid_edits_and_survives_broken_ones(stack: Stack,
 def _body(msg: Any) -> str:
     part = msg.get_body(preferencelist=("plain",))
     return str(part.get_content()) if part else ""
+
+
+WEBHOOK = "https://hooks.slack.com/services/T0RELOAD/B0RELOAD/reload-secret-token"
+
+
+def _logged_url(caplog: pytest.LogCaptureFixture) -> str:
+    """What an httpx log line naming the webhook reads like after masking."""
+    caplog.clear()
+    logging.getLogger("httpx").warning("HTTP Request: POST %s", WEBHOOK)
+    return caplog.records[-1].getMessage()
+
+
+def _runtime_with_changed_slack(config: Path) -> tuple[app.Runtime, Config]:
+    """A Runtime with its channels built, and the config after the Slack timeout changed."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "config", config)
+    rt = app.Runtime(load_settings(), config, root / "alerts")
+    rt.channels = {c.name: build_channel(c, rt.renderer) for c in rt.config.enabled_channels()}
+    channels_yaml = config / "channels.yaml"
+    channels_yaml.write_text(channels_yaml.read_text(encoding="utf-8").replace(
+        "webhook_url: ${SPILLOVER_SLACK_WEBHOOK_URL}",
+        "webhook_url: ${SPILLOVER_SLACK_WEBHOOK_URL}\n    timeout: 5"), encoding="utf-8")
+    return rt, load_config(config)
+
+
+async def test_a_changed_channel_is_rebuilt_and_the_old_one_retired_not_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reload changing the Slack channel builds a new one; the old one stays open for a send
+    in flight until RETIRE_SECONDS pass, and closing it leaves the new one's URL masked."""
+    monkeypatch.setenv("SPILLOVER_SLACK_WEBHOOK_URL", WEBHOOK)
+    rt, changed = _runtime_with_changed_slack(tmp_path / "config")
+    old, console = rt.channels["slack"], rt.channels["console"]
+
+    assert rt._swap_channels(changed, rt.renderer) == ["slack"]
+    new = rt.channels["slack"]
+    assert new is not old and rt.channels["console"] is console  # unchanged: kept
+    await rt.close_retired()
+    assert not old._closed  # type: ignore[attr-defined]
+    monkeypatch.setattr(app, "RETIRE_SECONDS", 0.0)
+    await rt.close_retired()
+    assert old._closed  # type: ignore[attr-defined]
+    assert WEBHOOK not in _logged_url(caplog)  # the new channel still holds the URL
+    await new.close()
