@@ -101,11 +101,28 @@ def signal_texts(signal: SignalSpec) -> list[str]:
 
 
 class Embedder(Protocol):
-    """The encoder seam (monitor.analysis.encoder.Encoder fits)."""
+    """The encoder seam (monitor.analysis.encoder.Encoder fits).
+
+    ``embed`` pools the last hidden state, ``embed_layers`` the ones numbered ``taps``
+    (0 = embeddings, ``layers`` = last) into (texts, taps, dim).
+    """
+
+    @property
+    def layers(self) -> int: ...
 
     def embed(
         self,
         texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        prefix: str = "query: ",
+        max_length: int = 128,
+    ) -> Array: ...
+
+    def embed_layers(
+        self,
+        texts: Sequence[str],
+        taps: Sequence[int],
         *,
         batch_size: int = 32,
         prefix: str = "query: ",
@@ -148,7 +165,9 @@ class Head:
 
     Shapes: w1 (k, d, h), b1 (k, h), w2 (k, h), b2 (k,); calibration maps lang -> (a, c)
     for p = sigmoid(a * z + c) where z is the ensemble's mean logit; the classifier multiplies
-    p by region_gate when the text names no place in the region.
+    p by region_gate when the text names no place in the region. ``taps`` names the encoder
+    hidden states whose pooled embeddings, in order, precede the region features (empty:
+    the last one only).
     """
 
     mean: Array
@@ -162,6 +181,7 @@ class Head:
     signal_centre: float = 0.86
     signal_width: float = 0.02
     region_gate: float = 1.0
+    taps: tuple[int, ...] = ()
 
     def logits(self, features: Array) -> Array:
         """The ensemble's mean raw logit for each row."""
@@ -188,6 +208,7 @@ class Head:
             scalars=np.array(
                 [self.threshold, self.signal_centre, self.signal_width, self.region_gate]
             ),
+            taps=np.array(self.taps, dtype=np.int64),
         )
 
     @classmethod
@@ -212,11 +233,12 @@ class Head:
             cal = {str(k): (float(v[0]), float(v[1])) for k, v in pairs}
             threshold, centre, width, gate = (float(v) for v in [*a["scalars"], 1.0][:4])
             f32 = {k: a[k].astype(np.float32) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
+            taps = tuple(int(n) for n in a.get("taps", np.zeros(0, np.int64)))
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{path}: not a Spillover classifier head (missing {exc})") from exc
         return cls(
             calibration=cal, threshold=threshold, signal_centre=centre, signal_width=width,
-            region_gate=gate, **f32,
+            region_gate=gate, taps=taps, **f32,
         )
 
 
@@ -287,9 +309,9 @@ class Classifier:
             raise ValueError(f"{len(texts)} texts but {len(langs)} langs")
         if not texts:
             return []
-        emb = self._encoder.embed(list(texts), prefix=PREFIX, max_length=MAX_LENGTH)
+        emb, head_input = self.embed(texts)
         sig = self.signal_matrix(emb)
-        prob = self._probability(emb, texts, langs, sig)
+        prob = self._probability(head_input, texts, langs, sig)
         out = []
         for i in range(len(texts)):
             pairs = [
@@ -300,12 +322,26 @@ class Classifier:
             out.append(Scored(score=float(prob[i]), signals=tuple(pairs), embedding=emb[i]))
         return out
 
+    def embed(self, texts: Sequence[str]) -> tuple[Array, Array]:
+        """(last-layer embeddings, the head's embedding input) from one encoder pass.
+
+        The head may read inner hidden states (Head.taps); signals and stories always use
+        the last one, so the tap list is the head's plus the last.
+        """
+        last = self._encoder.layers
+        head_taps = (self._head.taps if self._head else ()) or (last,)
+        taps = tuple(dict.fromkeys([*head_taps, last]))
+        layers = self._encoder.embed_layers(list(texts), taps, prefix=PREFIX,
+                                            max_length=MAX_LENGTH)
+        head_input = np.hstack([layers[:, taps.index(n)] for n in head_taps])
+        return layers[:, taps.index(last)], np.asarray(head_input, dtype=np.float32)
+
     def _probability(
-        self, emb: Array, texts: Sequence[str], langs: Sequence[str], sig: Array
+        self, head_input: Array, texts: Sequence[str], langs: Sequence[str], sig: Array
     ) -> Array:
         regions = region_features(texts)
         if self._head is not None:
-            p = self._head.probability(np.hstack([emb, regions]), langs)
+            p = self._head.probability(np.hstack([head_input, regions]), langs)
             # Every labelled positive names a place in the region; damp those that name none.
             return np.asarray(p * np.where(regions[:, 2] > 0, 1.0, self._head.region_gate),
                               dtype=np.float32)

@@ -273,8 +273,9 @@ def _batches(order: list[int], lengths: list[int], batch_size: int) -> Iterator[
 class Encoder:
     """A loaded e5 encoder; ``embed`` is blocking (run it off the event loop) and thread-safe.
 
-    ``model(input_ids, attention_mask)`` returns the last hidden state; ``tokenizer`` is a
-    ``tokenizers.Tokenizer`` (tokenizer.json as is, the same ids for every variant).
+    ``model.hidden_states(input_ids, attention_mask, taps)`` returns hidden states by number
+    (``model.num_layers`` the last); ``tokenizer`` is a ``tokenizers.Tokenizer``
+    (tokenizer.json as is, the same ids for every variant).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, dim: int, name: str) -> None:
@@ -285,14 +286,30 @@ class Encoder:
         # the tokenizer's truncation setting is shared mutable state
         self._lock = threading.Lock()
         self.dim = dim
+        self.layers = int(getattr(model, "num_layers", 0))  # None: a tokenizer-only encoder
         self.name = name
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 32, prefix: str = QUERY_PREFIX,
               max_length: int = 128) -> npt.NDArray[np.float32]:
         """L2-normalised mean-pooled embeddings, shape (len(texts), dim), in input order."""
+        return self.embed_layers(texts, (self.layers,), batch_size=batch_size, prefix=prefix,
+                                 max_length=max_length)[:, 0]
+
+    def embed_layers(self, texts: Sequence[str], taps: Sequence[int], *, batch_size: int = 32,
+                     prefix: str = QUERY_PREFIX, max_length: int = 128,
+                     ) -> npt.NDArray[np.float32]:
+        """Like embed, from the hidden states numbered ``taps``: (len(texts), len(taps), dim).
+
+        Hidden state n is the output of layer n (0 the embeddings, ``layers`` the last), so
+        one forward pass serves a head reading an inner layer and signals reading the last.
+        """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not one string")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        taps = tuple(int(n) for n in taps)
+        if not taps or min(taps) < 0 or max(taps) > self.layers:
+            raise ModelError(f"encoder {self.name} has hidden states 0..{self.layers}, "
+                             f"{list(taps)} asked for; retrain the head for this model")
+        out = np.zeros((len(texts), len(taps), self.dim), dtype=np.float32)
         if not texts:
             return out
         with self._lock:
@@ -303,7 +320,7 @@ class Encoder:
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             with torch.inference_mode():
                 for chosen in _batches(order, [len(ids[i]) for i in order], batch_size):
-                    out[chosen] = self._forward([ids[i] for i in chosen])
+                    out[chosen] = self._forward([ids[i] for i in chosen], taps)
         return out
 
     def token_ids(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -311,16 +328,16 @@ class Encoder:
         self._tokenizer.enable_truncation(max_length)
         return [list(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
 
-    def _forward(self, batch: list[list[int]]) -> npt.NDArray[np.float32]:
+    def _forward(self, batch: list[list[int]], taps: tuple[int, ...]) -> npt.NDArray[np.float32]:
         width = max(len(row) for row in batch)
         input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, row in enumerate(batch):
             input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
-        hidden = self._model(input_ids, mask)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        hidden = torch.stack(self._model.hidden_states(input_ids, mask, taps), dim=1)
+        weights = mask[:, None, :, None].to(hidden.dtype)  # (batch, taps, width, 1)
+        pooled = (hidden * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1.0)
         normalised = torch.nn.functional.normalize(pooled.float(), dim=-1)
         return normalised.numpy()
 
@@ -338,10 +355,24 @@ class _Transformers(torch.nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers (hidden states 0..num_layers)."""
+        return int(self.model.config.num_hidden_layers)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden: torch.Tensor = self.model(input_ids=input_ids,
                                           attention_mask=attention_mask).last_hidden_state
         return hidden
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      taps: tuple[int, ...]) -> list[torch.Tensor]:
+        """The hidden states numbered ``taps`` (0: embeddings), in that order."""
+        if taps == (self.num_layers,):
+            return [self(input_ids, attention_mask)]
+        states = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            output_hidden_states=True).hidden_states
+        return [states[n] for n in taps]
 
 
 def _tune_process(threads: int) -> None:

@@ -143,8 +143,9 @@ class _Layer(torch.nn.Module):
 class CompactBert(torch.nn.Module):
     """A BERT encoder (absolute positions, GELU, no pooler), int8 unless ``quantise=False``.
 
-    ``forward(input_ids, attention_mask)`` returns the last hidden state, as BertModel does;
-    the float form exists so tests can pin this forward pass to transformers' own.
+    ``forward(input_ids, attention_mask)`` returns the last hidden state, as BertModel does,
+    ``hidden_states`` any of them; the float form exists so tests can pin this forward pass
+    to transformers' own.
     """
 
     def __init__(self, config: dict[str, Any], reader: SafetensorsReader, *,
@@ -161,15 +162,27 @@ class CompactBert(torch.nn.Module):
         self.layers = torch.nn.ModuleList(
             _Layer(w, n, heads, eps) for n in range(int(config["num_hidden_layers"])))
 
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers; hidden state n is the output of layer n (0: embeddings)."""
+        return len(self.layers)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.hidden_states(input_ids, attention_mask, (self.num_layers,))[0]
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      taps: tuple[int, ...]) -> list[torch.Tensor]:
+        """The hidden states numbered ``taps``, in that order; stops after the deepest one."""
         width = input_ids.shape[1]
         x: torch.Tensor = self.word(input_ids) + self.token_type + self.position[:width]
         x = self.embed_norm(x)
+        states = {0: x}
         # padded keys are hidden from every query; padded query rows are pooled away later
         keys = attention_mask.bool()[:, None, None, :]
-        for layer in self.layers:
+        for n, layer in enumerate(self.layers[: max(taps)], 1):
             x = layer(x, keys)
-        return x
+            states[n] = x
+        return [states[n] for n in taps]
 
 
 def has_vnni() -> bool:

@@ -56,6 +56,9 @@ POOL_LABELS = REPO / "tests" / "data" / "pool_labels.jsonl"
 # Damping for texts that name no place in the region: no labelled positive lacks one (CV:
 # +0.01..0.02 Arabic F1, /work/notes/classifier/RESULTS.md).
 REGION_GATE = 0.3
+# Hidden states the head reads (of e5-small's 12 layers): layer 10 beside the last one
+# scored +0.02..0.05 CV F1 over the last alone (bench/head_layers.py prints the comparison).
+FEATURE_TAPS = (10, 12)
 # Pool share per outlet: every Arabic item (incl. sport/economy, good hard negatives) and
 # the English outlets that cover the region; BBC/NYT/AG bring outside-region negatives.
 POOL_QUOTA = {"ar": 3000, "aj": 2500, "arabnews": 1000, "sky": 500, "bbc": 500,
@@ -127,27 +130,35 @@ class EmbeddingCache:
     encoder: Embedder
     directory: Path
     tag: str
+    taps: tuple[int, ...] = FEATURE_TAPS
 
-    def embed(self, name: str, texts: Sequence[str]) -> Array:
-        """Embeddings of texts, from the cache when its fingerprint matches."""
-        digest = hashlib.sha256("\x1e".join([self.tag, *texts]).encode()).hexdigest()
-        # One file per set and encoder variant, so fp32 and int8 caches live side by side.
-        path = self.directory / (f"{name}.npz" if self.tag == "fp32" else f"{name}-{self.tag}.npz")
+    def embed(self, name: str, texts: Sequence[str], taps: tuple[int, ...] | None = None,
+              ) -> Array:
+        """Embeddings (texts, taps, dim) of texts, from the cache when its fingerprint matches."""
+        taps = taps or self.taps
+        key = f"{self.tag}:taps={','.join(map(str, taps))}"
+        digest = hashlib.sha256("\x1e".join([key, *texts]).encode()).hexdigest()
+        # One file per set, encoder variant and taps, so variants live side by side.
+        suffix = "" if self.tag == "fp32" else f"-{self.tag}"
+        path = self.directory / f"{name}{suffix}-{'-'.join(map(str, taps))}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as data:
                 if str(data["digest"]) == digest:
                     return np.asarray(data["emb"], dtype=np.float32)
-        log.info("embedding", set=name, texts=len(texts))
-        emb = self.encoder.embed(list(texts), prefix=PREFIX, max_length=MAX_LENGTH)
+        log.info("embedding", set=name, texts=len(texts), taps=taps)
+        emb = self.encoder.embed_layers(list(texts), taps, prefix=PREFIX, max_length=MAX_LENGTH)
         self.directory.mkdir(parents=True, exist_ok=True)
         np.savez(path, emb=emb, digest=np.array(digest))
         return emb
 
 
 def make_dataset(rows: list[dict[str, Any]], emb: Array) -> Dataset:
-    """Stack [embedding, region features]; unlabelled rows get label -1."""
+    """Stack [embedding(s), region features]; unlabelled rows get label -1.
+
+    ``emb`` is (rows, dim) or (rows, taps, dim), taps side by side as the Head reads them.
+    """
     texts = [row_text(r) for r in rows]
-    x = np.hstack([emb, region_features(texts)]).astype(np.float32)
+    x = np.hstack([emb.reshape(len(rows), -1), region_features(texts)]).astype(np.float32)
     y = np.array([-1 if r.get("label") is None else int(r["label"]) for r in rows])
     return Dataset(x, y, np.array([str(r["lang"]) for r in rows]), rows)
 
@@ -306,6 +317,16 @@ def _load_sets(args: argparse.Namespace, cache: EmbeddingCache) -> Sets:
     return Sets(dev, own, own_test, subset(pool, keep), labelled)
 
 
+def _taps(value: str) -> tuple[int, ...]:
+    try:
+        taps = tuple(int(n) for n in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give layer numbers, e.g. 10,12") from None
+    if not taps or len(set(taps)) != len(taps) or min(taps) < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: distinct layer numbers >= 0, e.g. 10,12")
+    return taps
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m monitor.analysis.train", description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
@@ -326,6 +347,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pool-cv", dest="pool_cv", action="store_false",
                         help="skip cross-validating on the labelled pool (it sets the threshold)")
     parser.add_argument("--seed", type=int, default=Recipe.seed)
+    parser.add_argument("--taps", type=_taps, default=FEATURE_TAPS,
+                        help="encoder hidden states the head reads, e.g. 10,12 (12: the last)")
     return parser.parse_args(argv)
 
 
@@ -364,15 +387,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     recipe = Recipe(seed=args.seed)
     encoder = load_encoder(load_settings(), variant=args.variant)
-    sets = _load_sets(args, EmbeddingCache(encoder, args.cache, args.variant))
+    cache = EmbeddingCache(encoder, args.cache, args.variant, args.taps)
+    sets = _load_sets(args, cache)
     threshold, calibration = _report_cv(sets, recipe, args.pool_cv)
     final = fit_student(sets.dev, sets.own, sets.pool, recipe, sets.labelled)
     signals = load_signals(args.signals)
     centre, width = fit_signal_scale(
-        Classifier(encoder, signals, None).signal_similarity(sets.dev.x[:, :-4]),
+        Classifier(encoder, signals, None).signal_similarity(
+            cache.embed("realdev", [row_text(r) for r in sets.dev.rows], (encoder.layers,))[:, 0]),
         [s.name for s in signals], sets.dev.rows)
     head = Head(final.mean, final.scale, final.w1, final.b1, final.w2, final.b2,
-                calibration, threshold, centre, width, REGION_GATE)
+                calibration, threshold, centre, width, REGION_GATE, args.taps)
     head.save(args.out)
     test = sets.own_test
     test_p = head.probability(test.x, list(test.langs)) * gate_factor(test, REGION_GATE)

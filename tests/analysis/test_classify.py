@@ -144,6 +144,30 @@ def test_head_round_trips_through_npz(head: Head, tmp_path: Path) -> None:
     x = rng.normal(size=(5, head.mean.shape[0])).astype(np.float32)
     np.testing.assert_allclose(again.probability(x, ["en"] * 5), head.probability(x, ["en"] * 5))
     assert again.threshold == head.threshold
+    assert again.taps == head.taps
+
+
+def test_head_without_taps_reads_the_last_layer(head: Head, tmp_path: Path) -> None:
+    """A head file written before taps existed loads with taps () (the last hidden state)."""
+    path = tmp_path / "old.npz"
+    head.save(path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != "taps"}
+    np.savez(path, **arrays)
+    assert Head.load(path).taps == ()
+
+
+def test_head_reads_the_hidden_states_it_was_trained_on(
+    classifier: Classifier, encoder_fp32: Encoder, head: Head
+) -> None:
+    """The shipped head reads an inner layer beside the last; signals read the last only."""
+    assert head.taps and head.taps[-1] == encoder_fp32.layers and len(head.taps) > 1
+    texts = [t for _, t in POSITIVES[:2]]
+    last, head_input = classifier.embed(texts)
+    np.testing.assert_allclose(last, encoder_fp32.embed(texts), atol=1e-5)
+    inner = encoder_fp32.embed_layers(texts, head.taps)
+    np.testing.assert_allclose(head_input, inner.reshape(len(texts), -1), atol=1e-5)
+    assert head_input.shape[1] + 4 == head.mean.shape[0]  # + the region features
 
 
 def test_broken_head_file_names_the_fix(tmp_path: Path) -> None:

@@ -158,6 +158,13 @@ def test_compact_forward_matches_transformers(encoder_fp32: Encoder, trimmed_dir
     texts = [*ENGLISH[:4], *ARABIC[:4], *PARAGRAPHS.values()]
     reference = open_encoder(trimmed_dir, variant="fp32").embed(texts, batch_size=4)
     assert cosines(ours.embed(texts, batch_size=4), reference).min() >= 0.99999
+    # inner hidden states too (the head reads one): same numbering as transformers'
+    taps = (4, 10, 12)
+    inner = ours.embed_layers(texts, taps, batch_size=4)
+    expected = open_encoder(trimmed_dir, variant="fp32").embed_layers(texts, taps, batch_size=4)
+    for k in range(len(taps)):
+        assert cosines(inner[:, k], expected[:, k]).min() >= 0.99999
+    assert cosines(inner[:, 0], inner[:, 2]).max() < 0.99  # distinct layers, not one repeated
 
 
 def test_int8_refuses_models_it_cannot_run(tmp_path: Path, encoder_dir: Path) -> None:
