@@ -68,27 +68,21 @@ def calibrated(calibration: dict[str, tuple[float, float]], logits: np.ndarray,
     return np.asarray(1 / (1 + np.exp(-(ab[:, 0] * logits + ab[:, 1]))), dtype=np.float32)
 
 
-def cv_f1(encoder: Any, data: Path) -> dict[str, Any]:
-    """Cross-validated P/R/F1 per language on realdev with this encoder's embeddings."""
+def embed_sets(encoder: Any, data: Path) -> tuple[Any, Any, Any]:
+    """realdev, the own training rows and the labelled pool (None without pool.jsonl), embedded
+    with this encoder at the hidden states the shipped head reads."""
     from monitor.analysis.classify import MAX_LENGTH, PREFIX, Head
     from monitor.analysis.train import (
         OWN_DATA,
         POOL_LABELS,
-        REGION_GATE,
-        Recipe,
         _split_own,
-        calibrate,
-        choose_threshold,
-        cross_validate,
-        evaluate,
-        gate_factor,
         join_pool_labels,
         make_dataset,
         read_jsonl,
         row_text,
     )
 
-    taps = Head.load().taps or (encoder.layers,)  # the hidden states the shipped head reads
+    taps = Head.load().taps or (encoder.layers,)
 
     def embed(rows: list[dict[str, Any]]) -> np.ndarray:
         return np.asarray(encoder.embed_layers([row_text(r) for r in rows], taps,
@@ -101,12 +95,49 @@ def cv_f1(encoder: Any, data: Path) -> dict[str, Any]:
     if (data / "pool.jsonl").exists():  # the shipped recipe trains on the labelled pool too
         lab_rows = join_pool_labels(POOL_LABELS, read_jsonl(data / "pool.jsonl"))
         labelled = make_dataset(lab_rows, embed(lab_rows))
+    return dev, own, labelled
+
+
+def report(dev: Any, logits: np.ndarray, calibration: dict[str, tuple[float, float]],
+           threshold: float | None = None) -> dict[str, Any]:
+    """P/R/F1 per language of calibrated, region-gated logits (threshold chosen if None)."""
+    from monitor.analysis.train import REGION_GATE, choose_threshold, evaluate, gate_factor
+
+    p = calibrated(calibration, logits, dev.langs) * gate_factor(dev, REGION_GATE)
+    threshold = choose_threshold(p, dev.y, dev.langs) if threshold is None else threshold
+    groups = evaluate(dev.rows, p.tolist(), threshold).groups
+    return {"threshold": threshold, "groups": {k: groups[k] for k in LANGS}}
+
+
+def cv_f1(sets: tuple[Any, Any, Any]) -> dict[str, Any]:
+    """Cross-validated P/R/F1 per language on realdev, trained on this encoder's embeddings."""
+    from monitor.analysis.train import Recipe, calibrate, cross_validate
+
+    dev, own, labelled = sets
     logits = cross_validate(dev, own, None, Recipe(), extra=labelled)
-    cv_p = calibrated(calibrate(logits, dev.y, dev.langs), logits, dev.langs)
-    cv_p = cv_p * gate_factor(dev, REGION_GATE)
-    threshold = choose_threshold(cv_p, dev.y, dev.langs)
-    report = evaluate(dev_rows, cv_p.tolist(), threshold)
-    return {"threshold": threshold, "groups": {k: report.groups[k] for k in LANGS}}
+    return report(dev, logits, calibrate(logits, dev.y, dev.langs))
+
+
+def as_shipped(fast: tuple[Any, Any, Any], data: Path) -> dict[str, Any]:
+    """The daemon's case: each fold's head trained on int8 embeddings (as the shipped head is),
+    scoring that fold with int8 and with fp32 embeddings; one calibration, the shipped threshold."""
+    from monitor.analysis.classify import Head
+    from monitor.analysis.encoder import load_encoder
+    from monitor.analysis.fit import _folds, fit_student, subset
+    from monitor.analysis.train import Recipe, calibrate
+    from monitor.settings import load_settings
+
+    dev, own, labelled = fast
+    ref = embed_sets(load_encoder(load_settings(), variant="fp32"), data)[0]
+    recipe = Recipe()
+    opt, other = np.zeros(len(dev.y), np.float32), np.zeros(len(dev.y), np.float32)
+    for train, test in _folds(dev, 5, recipe.seed):
+        head = fit_student(subset(dev, train), own, None, recipe, labelled)
+        opt[test], other[test] = head.logits(dev.x[test]), head.logits(ref.x[test])
+    calibration = calibrate(opt, dev.y, dev.langs)
+    threshold = Head.load().threshold  # the shipped one (train.main also weighs the pool)
+    return {"fp32": report(dev, other, calibration, threshold),
+            "int8": report(dev, opt, calibration, threshold)}
 
 
 def child(variant: str, data: Path) -> dict[str, Any]:
@@ -118,8 +149,11 @@ def child(variant: str, data: Path) -> dict[str, Any]:
     encoder, out = timing(variant)
     result: dict[str, Any] = {"variant": variant, **out}
     if (data / "realdev.jsonl").exists():
-        result["cv"] = cv_f1(encoder, data)
+        sets = embed_sets(encoder, data)
+        result["cv"] = cv_f1(sets)
         result["peak_rss_with_f1_mb"] = peak_rss_mb()
+        if variant == "int8":
+            result["shipped"] = as_shipped(sets, data)
     return result
 
 
@@ -144,6 +178,17 @@ def print_table(results: list[dict[str, Any]]) -> None:
     if {"fp32", "int8"} <= by.keys():
         gaps = "  ".join(f"{k} {by['int8'][k]['f1'] - by['fp32'][k]['f1']:+.3f}" for k in LANGS)
         print(f"F1 int8 - fp32: {gaps}")
+    shipped = next((r["shipped"] for r in results if "shipped" in r), None)
+    if shipped:
+        print(f"\nas shipped: each fold's head trained on int8 embeddings, scored with both; "
+              f"the shipped threshold ({shipped['fp32']['threshold']:.2f})")
+        for variant in ("fp32", "int8"):
+            cells = " ".join(f"{g['precision']:6.3f}/{g['recall']:5.3f}/{g['f1']:5.3f}".rjust(20)
+                             for g in (shipped[variant]["groups"][k] for k in LANGS))
+            print(f"{variant:8} {shipped[variant]['threshold']:5.2f} {cells}")
+        f1 = {v: {k: shipped[v]["groups"][k]["f1"] for k in LANGS} for v in ("fp32", "int8")}
+        gaps = "  ".join(f"{k} {f1['int8'][k] - f1['fp32'][k]:+.3f}" for k in LANGS)
+        print(f"F1 int8 - fp32 (as shipped): {gaps}")
 
 
 def main() -> int:
