@@ -61,16 +61,9 @@ def timing(variant: str) -> tuple[Any, dict[str, float]]:
                      "peak_rss_mb": peak_rss_mb()}
 
 
-def calibrated(calibration: dict[str, tuple[float, float]], logits: np.ndarray,
-               langs: np.ndarray) -> np.ndarray:
-    """Per-language Platt probabilities, as train.main applies its calibration."""
-    ab = np.array([calibration.get(str(lang), calibration["all"]) for lang in langs])
-    return np.asarray(1 / (1 + np.exp(-(ab[:, 0] * logits + ab[:, 1]))), dtype=np.float32)
-
-
-def embed_sets(encoder: Any, data: Path) -> tuple[Any, Any, Any]:
+def embed_sets(encoder: Any, data: Path, *, dev_only: bool = False) -> tuple[Any, Any, Any]:
     """realdev, the own training rows and the labelled pool (None without pool.jsonl), embedded
-    with this encoder at the hidden states the shipped head reads."""
+    with this encoder at the hidden states the shipped head reads (only realdev if dev_only)."""
     from monitor.analysis.classify import MAX_LENGTH, PREFIX, Head
     from monitor.analysis.train import (
         OWN_DATA,
@@ -90,6 +83,8 @@ def embed_sets(encoder: Any, data: Path) -> tuple[Any, Any, Any]:
 
     dev_rows, own_rows = read_jsonl(data / "realdev.jsonl"), read_jsonl(OWN_DATA)
     dev = make_dataset(dev_rows, embed(dev_rows))
+    if dev_only:
+        return dev, None, None
     own, _held_out = _split_own(own_rows, embed(own_rows))
     labelled = None
     if (data / "pool.jsonl").exists():  # the shipped recipe trains on the labelled pool too
@@ -101,6 +96,7 @@ def embed_sets(encoder: Any, data: Path) -> tuple[Any, Any, Any]:
 def report(dev: Any, logits: np.ndarray, calibration: dict[str, tuple[float, float]],
            threshold: float | None = None) -> dict[str, Any]:
     """P/R/F1 per language of calibrated, region-gated logits (threshold chosen if None)."""
+    from monitor.analysis.fit import calibrated
     from monitor.analysis.train import REGION_GATE, choose_threshold, evaluate, gate_factor
 
     p = calibrated(calibration, logits, dev.langs) * gate_factor(dev, REGION_GATE)
@@ -128,7 +124,7 @@ def as_shipped(fast: tuple[Any, Any, Any], data: Path) -> dict[str, Any]:
     from monitor.settings import load_settings
 
     dev, own, labelled = fast
-    ref = embed_sets(load_encoder(load_settings(), variant="fp32"), data)[0]
+    ref = embed_sets(load_encoder(load_settings(), variant="fp32"), data, dev_only=True)[0]
     recipe = Recipe()
     opt, other = np.zeros(len(dev.y), np.float32), np.zeros(len(dev.y), np.float32)
     for train, test in _folds(dev, 5, recipe.seed):
