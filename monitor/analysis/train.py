@@ -39,6 +39,7 @@ from monitor.analysis.fit import (
     prf,
     subset,
 )
+from monitor.analysis.int8 import ACTIVATION_SCHEME
 from monitor.errors import ModelError
 
 __all__ = [
@@ -137,7 +138,8 @@ class EmbeddingCache:
               ) -> Array:
         """Embeddings (texts, taps, dim) of texts, from the cache when its fingerprint matches."""
         taps = taps or self.taps
-        key = f"{self.tag}:taps={','.join(map(str, taps))}"
+        scheme = "" if self.tag == "fp32" else f":{ACTIVATION_SCHEME}"
+        key = f"{self.tag}{scheme}:taps={','.join(map(str, taps))}"
         digest = hashlib.sha256("\x1e".join([key, *texts]).encode()).hexdigest()
         # One file per set, encoder variant and taps, so variants live side by side.
         suffix = "" if self.tag == "fp32" else f"-{self.tag}"

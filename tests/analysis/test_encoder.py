@@ -115,8 +115,17 @@ def test_int8_close_to_fp32(encoder_fp32: Encoder, encoder_int8: Encoder) -> Non
     """The optimised int8 path stays close to fp32 on varied English and Arabic text."""
     texts = ENGLISH + ARABIC + list(PARAGRAPHS.values())
     sims = cosines(encoder_int8.embed(texts), encoder_fp32.embed(texts))
-    assert sims.mean() >= 0.993
-    assert sims.min() >= 0.985
+    # per-token activation scales: 0.9991 / 0.9989 measured (one scale per batch: 0.997 / 0.995)
+    assert sims.mean() >= 0.998
+    assert sims.min() >= 0.997
+
+
+def test_int8_embedding_does_not_depend_on_the_batch(encoder_int8: Encoder) -> None:
+    """A text embeds (nearly) the same alone as beside long texts: alerts do not flicker."""
+    texts = ENGLISH + ARABIC + list(PARAGRAPHS.values())
+    alone = np.stack([encoder_int8.embed([text])[0] for text in texts])
+    # 0.99925 measured; a per-batch activation scale gave 0.9956
+    assert cosines(alone, encoder_int8.embed(texts)).min() >= 0.998
 
 
 def test_load_encoder_honours_the_variant_setting(
