@@ -6,7 +6,8 @@ Each variant runs in its own subprocess so its peak RSS is its own. Timing texts
 project's own title + summary examples (tests/data/escalation_en_ar.jsonl, ~800 of them,
 74 tokens on average, 5:3 Arabic:English; batch 1 takes every 16th), scored by the daemon's
 Classifier with the shipped head; peak RSS is read right after timing (the classify path),
-before the F1 part loads sklearn and holds datasets. F1 is cross-validated the same way for
+before the F1 part loads sklearn and holds datasets; score drift compares each batch-1 text's
+probability with its probability inside its batch of 32. F1 is cross-validated the same way for
 both variants, as the shipped head is trained (5 folds on realdev, with the own rows and the
 labelled pool items in every fold's training set): each variant embeds realdev.jsonl and
 pool.jsonl's labelled items (never copied into the repository) and the own rows itself.
@@ -50,15 +51,18 @@ def timing(variant: str) -> tuple[Any, dict[str, float]]:
     texts, langs = [row_text(r) for r in rows], [str(r["lang"]) for r in rows]
     clf.score(texts[:4], langs[:4])  # warm-up
     started = time.perf_counter()
-    for text, lang in zip(texts[::16], langs[::16], strict=True):
-        clf.score([text], [lang])
+    alone = [clf.score([text], [lang])[0].score
+             for text, lang in zip(texts[::16], langs[::16], strict=True)]
     batch1 = len(texts[::16]) / (time.perf_counter() - started)
     started = time.perf_counter()
-    for i in range(0, len(texts), 32):
-        clf.score(texts[i : i + 32], langs[i : i + 32])
+    batched = [s.score for i in range(0, len(texts), 32)
+               for s in clf.score(texts[i : i + 32], langs[i : i + 32])]
     batch32 = len(texts) / (time.perf_counter() - started)
+    # the same text scored alone and inside a batch of 32: how far its probability moves
+    drift = np.abs(np.array(alone) - np.array(batched[::16]))
     return encoder, {"load_s": load_s, "batch1": batch1, "batch32": batch32,
-                     "peak_rss_mb": peak_rss_mb()}
+                     "peak_rss_mb": peak_rss_mb(), "drift_max": float(drift.max()),
+                     "drift_mean": float(drift.mean())}
 
 
 def embed_sets(encoder: Any, data: Path, *, dev_only: bool = False) -> tuple[Any, Any, Any]:
@@ -156,10 +160,12 @@ def child(variant: str, data: Path) -> dict[str, Any]:
 def print_table(results: list[dict[str, Any]]) -> None:
     """Speed/memory table, then CV P/R/F1 per language per variant and the int8 - fp32 gap."""
     print(f"{'variant':8} {'load s':>7} {'b1 t/s':>7} {'b32 t/s':>8} {'peak RSS MB':>12}"
-          f" {'(+F1 part)':>11}")
+          f" {'(+F1 part)':>11} {'score drift max/mean':>21}")
     for r in results:
         print(f"{r['variant']:8} {r['load_s']:7.1f} {r['batch1']:7.1f} {r['batch32']:8.1f}"
-              f" {r['peak_rss_mb']:12.0f} {r.get('peak_rss_with_f1_mb', float('nan')):11.0f}")
+              f" {r['peak_rss_mb']:12.0f} {r.get('peak_rss_with_f1_mb', float('nan')):11.0f}"
+              f" {r['drift_max']:13.4f}/{r['drift_mean']:.4f}")
+    print("(score drift: |probability alone - probability in a batch of 32| of the same texts)")
     if not all("cv" in r for r in results):
         print("no realdev.jsonl under --data: F1 skipped")
         return

