@@ -55,10 +55,14 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        n = rows.shape[0]
+        peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
+        scaled = torch.empty((n + 2, self.in_features))  # one buffer: no concatenated copy
+        torch.div(rows, peak, out=scaled[:n])
+        scaled[n:] = self.rails
         out: torch.Tensor = torch.ops.quantized.linear_dynamic(
-            torch.cat([rows / peak, self.rails]), self._packed, reduce_range=self.reduce_range)
-        return (out[:-2] * peak + self.bias).reshape(*x.shape[:-1], self.out_features)
+            scaled, self._packed, reduce_range=self.reduce_range)[:n]
+        return out.mul_(peak).add_(self.bias).reshape(*x.shape[:-1], self.out_features)
 
 
 class Int8Embedding(torch.nn.Module):
