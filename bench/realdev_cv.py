@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -98,8 +98,8 @@ def main() -> int:
         logits = cross_validate(dev, sets.own, None, Recipe(seed=seed), extra=sets.labelled)
         p = calibrated(calibrate(logits, dev.y, dev.langs), logits, dev.langs)
         p = p * gate_factor(dev, REGION_GATE)
-        stand_in = cast(Any, CrossValidated(scored, p, head.threshold))
-        judge = Judge(cast(Classifier, stand_in), Matcher(config), config)
+        stand_in = cast(Classifier, CrossValidated(scored, p, head.threshold))
+        judge = Judge(stand_in, Matcher(config), config)
         escalation = np.array([j.verdict.escalation for j in judge.judge(articles)])
         decision = [prf(dev.y[dev.langs == g], escalation[dev.langs == g]) for g in LANGS]
         alone = [prf(dev.y[dev.langs == g], p[dev.langs == g] >= min_score)[2] for g in LANGS]

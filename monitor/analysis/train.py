@@ -342,8 +342,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="train without the hand-labelled pool items")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "train",
                         help="embedding cache (rebuilt when texts or encoder change)")
-    # The daemon's default path: the head is fitted to the embeddings it will score (int8
-    # shifts Arabic scores enough to cost ~0.04 Arabic F1 under an fp32-trained head).
+    # The daemon's default path: the head is fitted to the embeddings it will score (int8 with
+    # one activation scale per batch shifted Arabic scores enough to cost ~0.04 Arabic F1 under
+    # an fp32-trained head).
     parser.add_argument("--variant", choices=["fp32", "int8"], default="int8")
     # Off by default since the hand-labelled pool: pseudo-labels cost ~5x the fitting time
     # and never raised realdev CV (/work/notes/classifier/RESULTS.md, /work/notes/train2/).
