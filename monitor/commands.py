@@ -134,7 +134,7 @@ def cmd_feeds_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_model_prepare(args: argparse.Namespace, settings: Settings) -> int:
     """Build the local model copy once into the cache and check it."""
-    from monitor.analysis.encoder import prepare_model
+    from monitor.analysis.prepare import prepare_model
 
     path = prepare_model(settings, force=args.force)
     print(f"model ready: {path}")

@@ -118,7 +118,7 @@ def encoder_settings() -> Settings:
 @pytest.fixture(scope="session")
 def encoder_dir(encoder_settings: Settings) -> Path:
     """The converted full-vocabulary model directory (built on first use)."""
-    from monitor.analysis.encoder import prepare_model
+    from monitor.analysis.prepare import prepare_model
 
     return prepare_model(encoder_settings, variant="fp32")
 
@@ -126,7 +126,7 @@ def encoder_dir(encoder_settings: Settings) -> Path:
 @pytest.fixture(scope="session")
 def trimmed_dir(encoder_settings: Settings, encoder_dir: Path) -> Path:
     """The vocabulary-trimmed model directory the int8 path loads."""
-    from monitor.analysis.encoder import prepare_model
+    from monitor.analysis.prepare import prepare_model
 
     return prepare_model(encoder_settings, variant="int8")
 

