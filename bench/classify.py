@@ -3,8 +3,8 @@
 Usage: .venv/bin/python bench/classify.py [--data ../shared/data]
 
 Each variant runs in its own subprocess so its peak RSS is its own. Timing texts are the
-project's own title + summary examples (tests/data/escalation_en_ar.jsonl, ~3,000 of them,
-72 tokens on average, 7:5 Arabic:English; batch 1 takes every 16th), scored by the daemon's
+project's own title + summary examples (tests/data/escalation_en_ar.jsonl, ~3,900 of them,
+71 tokens on average, 4:3 Arabic:English; batch 1 takes every 16th), scored by the daemon's
 Classifier with the shipped head; peak RSS is read right after timing (the classify path),
 before the F1 part loads sklearn and holds datasets; score drift compares each batch-1 text's
 probability with its probability inside its batch of 32. F1 is cross-validated the same way for

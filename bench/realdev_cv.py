@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 if TYPE_CHECKING:
-    from monitor.analysis.classify import Scored
+    from monitor.analysis.classify import Classifier, Scored
+    from monitor.config import Config
+    from monitor.models import Article
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("en", "ar")
@@ -49,7 +51,6 @@ def main() -> int:
     from monitor.analysis.classify import Classifier, Head
     from monitor.analysis.encoder import load_encoder
     from monitor.analysis.fit import calibrated, prf
-    from monitor.analysis.match import Matcher
     from monitor.analysis.train import (
         POOL_LABELS,
         REGION_GATE,
@@ -61,7 +62,6 @@ def main() -> int:
         gate_factor,
         row_text,
     )
-    from monitor.analyze import Judge
     from monitor.config import load_config
     from monitor.models import Article
     from monitor.settings import load_settings
@@ -69,6 +69,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--also", type=float, nargs="*", default=[],
+                        help="other min_score values to judge the same CV scores at, e.g. 0.46 0.5")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
 
@@ -94,25 +96,49 @@ def main() -> int:
     print(f"{'seed':>9} " + " ".join(f"{g + ' decision P/R/F1':>23}" for g in LANGS)
           + " " + " ".join(f"{g + ' head F1':>11}" for g in LANGS))
     rows: list[list[float]] = []
+    others: dict[float, list[list[float]]] = {m: [] for m in args.also}
     for seed in [Recipe.seed, *range(1, args.repeats)]:
         logits = cross_validate(dev, sets.own, None, Recipe(seed=seed), extra=sets.labelled)
         p = calibrated(calibrate(logits, dev.y, dev.langs), logits, dev.langs)
         p = p * gate_factor(dev, REGION_GATE)
         stand_in = cast(Classifier, CrossValidated(scored, p, head.threshold))
-        judge = Judge(stand_in, Matcher(config), config)
-        escalation = np.array([j.verdict.escalation for j in judge.judge(articles)])
+        escalation = _decisions(stand_in, config, articles)
         decision = [prf(dev.y[dev.langs == g], escalation[dev.langs == g]) for g in LANGS]
         alone = [prf(dev.y[dev.langs == g], p[dev.langs == g] >= min_score)[2] for g in LANGS]
         rows.append([d[2] for d in decision] + alone)
         print(f"{seed:>9} " + " ".join(f"{d[0]:.3f}/{d[1]:.3f}/{d[2]:.3f}".rjust(23)
                                        for d in decision)
               + " " + " ".join(f"{f:11.3f}" for f in alone))
+        for other, got in others.items():
+            moved = _decisions(stand_in, _with_min_score(config, other), articles)
+            got.append([prf(dev.y[dev.langs == g], moved[dev.langs == g])[2] for g in LANGS])
     table = np.array(rows)
     mean, sd = table.mean(axis=0), table.std(axis=0)
     print(f"{'mean':>9} " + " ".join(f"F1 {m:.3f} ± {s:.3f}".rjust(23)
                                      for m, s in zip(mean[:2], sd[:2], strict=True))
           + " " + " ".join(f"{m:11.3f}" for m in mean[2:]))
+    for other, got in others.items():
+        table = np.array(got)
+        print(f"decision at min_score {other:.2f}: " + ", ".join(
+            f"{g} F1 {m:.3f} ± {s:.3f}" for g, m, s
+            in zip(LANGS, table.mean(axis=0), table.std(axis=0), strict=True)))
     return 0
+
+
+def _decisions(classifier: Classifier, config: Config, articles: list[Article]) -> np.ndarray:
+    """The default watch-list's ``escalation`` for every article, as the daemon decides it."""
+    from monitor.analysis.match import Matcher
+    from monitor.analyze import Judge
+
+    judge = Judge(classifier, Matcher(config), config)
+    return np.array([j.verdict.escalation for j in judge.judge(articles)])
+
+
+def _with_min_score(config: Config, min_score: float) -> Config:
+    """The config with the default watch-list's min_score replaced."""
+    lists = tuple(w.model_copy(update={"min_score": min_score}) if w.name == "middle-east"
+                  else w for w in config.watchlists)
+    return dataclasses.replace(config, watchlists=lists)
 
 
 if __name__ == "__main__":
