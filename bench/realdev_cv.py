@@ -1,6 +1,6 @@
 """Cross-validated realdev F1 of what `spillover classify` reports: the watch-list decision.
 
-Usage: .venv/bin/python bench/realdev_cv.py [--data ../shared/data] [--repeats 6]
+Usage: .venv/bin/python bench/realdev_cv.py [--data ../shared/data] [--repeats 6] [--also 0.46 0.5]
 
 The head is cross-validated as `python -m monitor.analysis.train` fits it (5 folds on realdev,
 the own rows and the labelled pool in every fold, the int8 path). Each out-of-fold probability
