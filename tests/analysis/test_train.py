@@ -1,4 +1,4 @@
-"""Training-data plumbing: the pool-label join, pool outlets, and the logistic head packing."""
+"""Training plumbing: the pool-label join, pool outlets, head packing and per-view ensembles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitor.analysis.fit import Dataset, Recipe, cross_validate_extra, fit_logistic
+from monitor.analysis.fit import (
+    Dataset,
+    Recipe,
+    choose_threshold,
+    cross_validate_extra,
+    fit_head,
+    fit_logistic,
+)
 from monitor.analysis.train import _outlet, join_pool_labels, select_pool
 from monitor.errors import ModelError
 
@@ -124,3 +131,62 @@ def test_pool_cross_validation_scores_every_labelled_row_once() -> None:
     logits = cross_validate_extra(dev, own, None, Recipe(model="logistic", c=4.0), extra)
     assert logits.shape == (60,)
     assert logits[extra.y == 1].mean() > logits[extra.y == 0].mean()
+
+
+# 300 Adam steps on a toy set need not converge; the packing is what is checked here.
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_views_each_fit_members_on_their_own_taps() -> None:
+    """A two-view head is the average of the heads fitted on each view's columns alone."""
+    data = _toy(80, 4)  # 8 embedding columns: hidden states 3 and 7, 4 wide each
+    weights = np.ones(80, np.float32)
+    both = fit_head(data, weights, Recipe(members=2, hidden=8, taps=(3, 7), views=((3,), (7,))))
+    assert both.w1.shape == (4, 12, 8)
+    assert not both.w1[:2, 4:8].any() and not both.w1[2:, 0:4].any()  # each reads its taps
+    assert both.w1[:2, 8:].any() and both.w1[2:, 8:].any()  # and the region columns
+    alone = []
+    for cols in (np.r_[0:4, 8:12], np.r_[4:12]):
+        view = Dataset(data.x[:, cols], data.y, data.langs)
+        head = fit_head(view, weights, Recipe(members=2, hidden=8, views=()))
+        alone.append(head.logits(data.x[:, cols]))
+    np.testing.assert_allclose(both.logits(data.x), np.mean(alone, axis=0), atol=1e-5)
+
+
+def test_views_naming_taps_the_features_lack_fail_clearly() -> None:
+    """Features that do not hold the recipe's taps raise ModelError saying what to do."""
+    data = _toy(20, 5)
+    with pytest.raises(ModelError, match=r"12 columns.*hidden states \[3, 7, 9\].*Recipe"):
+        fit_head(data, np.ones(20, np.float32), Recipe(taps=(3, 7, 9), views=((3, 9),)))
+    with pytest.raises(ModelError, match=r"views \[\(3, 5\)\]"):
+        fit_head(data, np.ones(20, np.float32), Recipe(taps=(3, 7), views=((3, 5),)))
+
+
+def _scores(cuts: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores per group: positives at the listed scores, each with a negative just below it."""
+    p, y, g = [], [], []
+    for group, values in cuts.items():
+        for v in values:
+            p += [v, v - 0.011]
+            y += [1, 0]
+            g += [group, group]
+    return np.array(p, np.float32), np.array(y), np.array(g)
+
+
+def test_threshold_prefers_a_broad_optimum_to_a_lone_spike() -> None:
+    """A threshold that is best alone but flanked by poor ones loses to a broad optimum."""
+    at = {0.305: (10, 0), 0.295: (0, 10), 0.59: (0, 8), 0.695: (8, 0), 0.95: (200, 0),
+          0.05: (0, 200)}  # score: (positives, negatives)
+    p = np.array([v for v, (pos, neg) in at.items() for _ in range(pos + neg)], np.float32)
+    y = np.array([1 if k < pos else 0 for pos, neg in at.values() for k in range(pos + neg)])
+    langs = np.array(["en"] * len(y))
+    errors = {t: int(np.sum((p >= t) != (y == 1))) for t in (0.28, 0.30, 0.32, 0.62, 0.70)}
+    assert errors == {0.28: 18, 0.30: 8, 0.32: 18, 0.62: 10, 0.70: 18}  # 0.30 alone is best
+    assert choose_threshold(p, y, langs) == 0.62
+
+
+def test_threshold_ties_go_to_the_guard_set_then_the_lowest() -> None:
+    """Equal on the main set, the threshold the guard set scores best wins; else the lowest."""
+    p, y, langs = _scores({"en": [0.9] * 4, "ar": [0.9] * 4})  # flat from 0.2 to 0.88
+    assert choose_threshold(p, y, langs) == 0.2
+    guard = _scores({"en": [0.7, 0.7], "ar": [0.7]})
+    guard = (np.r_[guard[0], [0.5, 0.5]], np.r_[guard[1], [0, 0]], np.r_[guard[2], ["en", "ar"]])
+    assert choose_threshold(p, y, langs, guard=guard) == 0.52
