@@ -31,7 +31,7 @@ class Int8Linear(torch.nn.Module):
     between two batchings of realdev, up to 0.02 F1). Each token row is divided by its own
     peak first and two rail rows pin the tensor's range to [-1, 1], so the kernel's one
     scale acts per token: a text's probability moves by at most ~0.04 between batches
-    (bench/classify.py: 0.037 max, 0.0007 mean; sdpa's float sums still vary with padding)
+    (bench/classify.py: 0.026 max, 0.0006 mean; sdpa's float sums still vary with padding)
     and sits nearer fp32 (cosine 0.9993 against 0.9969).
 
     ``reduce_range`` (7-bit activations) is only needed where int16 accumulation could

@@ -300,7 +300,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pseudo-labels", dest="no_pool", action="store_false",
                         help="also pseudo-label a pool subsample with a teacher (slow)")
     parser.add_argument("--no-pool-cv", dest="pool_cv", action="store_false",
-                        help="skip cross-validating on the labelled pool (it sets the threshold)")
+                        help="skip cross-validating on the labelled pool (it breaks ties)")
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     parser.add_argument("--taps", type=_taps, default=FEATURE_TAPS,
                         help="encoder hidden states the head reads, e.g. 10,12 (12: the last); "
